@@ -1,0 +1,5 @@
+import sys
+
+from cbbench.cli import main
+
+sys.exit(main())

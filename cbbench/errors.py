@@ -1,0 +1,13 @@
+"""Errors with a message meant for the user (the CLI prints them and exits non-zero); no heavy imports."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model it was given for."""
+
+
+class StoreError(RuntimeError):
+    """The results store cannot be opened or written."""
+
+
+class DatasetMissingError(FileNotFoundError):
+    """The data of a dataset is not on disk; tasks needing it are skipped with this reason."""

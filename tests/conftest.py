@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny seeded ViTs, isolated paths, and the real sample images when present."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_paths(monkeypatch, tmp_path):
+    """No test reads or writes the user's results; the hub is never contacted."""
+    monkeypatch.setenv("CBBENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.delenv("CBBENCH_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoints(tmp_path_factory) -> Path:
+    """One checkpoint cache per test session: the demo models train once (about a minute)."""
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+def tiny_vit(cb: bool = False, seed: int = 0, depth: int = 2, **kw) -> torch.nn.Module:
+    import timm
+
+    from cbbench.cb import add_context_broadcasting
+
+    torch.manual_seed(seed)
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=depth, num_heads=4, num_classes=10)
+    args.update(kw)
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
+    return add_context_broadcasting(net) if cb else net
+
+
+@pytest.fixture
+def sample_images() -> Path:
+    if not SHARED_SAMPLE.is_dir():
+        pytest.skip(f"real ImageNet sample images not found at {SHARED_SAMPLE} (only in the dev workspace)")
+    return SHARED_SAMPLE
