@@ -1,0 +1,1 @@
+"""Datasets: specs, loaders and the embedded default."""

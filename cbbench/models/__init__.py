@@ -1,0 +1,1 @@
+"""Model specs, the zoo, and building models with their weights."""

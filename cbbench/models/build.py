@@ -1,0 +1,82 @@
+"""Building a model from its spec, with its weights: [0,1] RGB in, logits out, eval mode."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cbbench.cb import add_context_broadcasting
+from cbbench.models.checkpoint import load_state_dict_checked, read_state_dict, weights_digest
+from cbbench.models.spec import ModelSpec
+from cbbench.models.zoo import resolve
+
+log = logging.getLogger(__name__)
+
+
+class Normalized(nn.Module):
+    """Takes [0,1] RGB and normalizes inside (RobustBench convention), so epsilons are in pixels."""
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_network(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
+    """The bare timm network for ``spec`` (CB applied when asked), seeded by ``spec.seed``."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        try:
+            net = timm.create_model(spec.arch, pretrained=pretrained, **dict(spec.arch_kwargs))
+        except RuntimeError as exc:
+            if "Unknown model" in str(exc):
+                raise ValueError(f"model {spec.name}: timm has no architecture {spec.arch!r}") from exc
+            raise
+    if spec.cb:
+        add_context_broadcasting(net, spec.cb_layers)
+    return net
+
+
+def _timm_pretrained(spec: ModelSpec) -> nn.Module:
+    try:
+        return build_network(spec, pretrained=True)
+    except (OSError, RuntimeError) as exc:  # hub unreachable, nothing in the cache
+        raise FileNotFoundError(
+            f"model {spec.name}: timm's pretrained weights for {spec.arch} are not available offline "
+            f"({exc.__class__.__name__}). Go online once so the Hugging Face cache holds them, or pass "
+            f"a local file: timm:{spec.arch}{'+cb' if spec.cb else ''}@/path/to/checkpoint.pth"
+        ) from exc
+
+
+def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu",
+               checkpoint_dir: str | Path | None = None) -> Normalized:
+    """Any zoo or ad-hoc model, built, with its weights, in eval mode, normalizing inside.
+
+    Demo models (weights="train") are trained on first use and cached in
+    ``checkpoint_dir`` (default: the user cache dir, or CBBENCH_CKPT).
+    The returned module carries ``spec`` and ``weights_digest`` attributes.
+    """
+    spec = resolve(name_or_spec)
+    if spec.weights == "timm":
+        net = _timm_pretrained(spec)
+    else:
+        net = build_network(spec)
+        if spec.weights == "file":
+            load_state_dict_checked(net, read_state_dict(spec.checkpoint), spec.checkpoint)
+        elif spec.weights == "train":
+            from cbbench.train import trained_checkpoint
+
+            path = trained_checkpoint(spec, checkpoint_dir)
+            load_state_dict_checked(net, read_state_dict(path), str(path))
+    model = Normalized(net, spec.mean, spec.std).eval().to(device)
+    model.spec = spec
+    model.weights_digest = weights_digest(net)
+    return model

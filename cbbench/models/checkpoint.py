@@ -1,0 +1,60 @@
+"""Loading weights safely: ``weights_only=True``, and errors that name the offending keys."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cbbench.errors import CheckpointError
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; pass an existing file (timm:ARCH@/path/to/ckpt.pth)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}. "
+            "cbbench loads with weights_only=True: save plain state_dicts (torch.save(model.state_dict(), f))."
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict", "model_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_dict_checked(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load; on mismatch, one message listing missing, unexpected and mis-shaped keys."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("mis-shaped", shapes), ("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{label}: {'; '.join(keys[:5])}{more}")
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model architecture. " + " | ".join(parts)
+            + ". Check that the model name/arch matches the checkpoint (e.g. tiny vs small, num_classes)."
+        )
+    net.load_state_dict(state, strict=True)
+
+
+def weights_digest(net: nn.Module) -> str:
+    """sha256 over the state_dict (names, dtypes, shapes, bytes): identifies the weights, whatever their source."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

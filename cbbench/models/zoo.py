@@ -1,0 +1,61 @@
+"""The model zoo: registered ModelSpecs. Each CB model names its baseline."""
+from __future__ import annotations
+
+import dataclasses
+
+from cbbench.models.spec import ModelSpec, is_adhoc, parse_adhoc
+from cbbench.registry import Registry
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+# The embedded default's tiny ViT: 32x32 digits, patch 8 (16 patches + class token).
+DEMO_ARCH_KWARGS = (
+    ("depth", 4),
+    ("embed_dim", 64),
+    ("img_size", 32),
+    ("mlp_ratio", 2.0),
+    ("num_classes", 10),
+    ("num_heads", 4),
+    ("patch_size", 8),
+)
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    return MODELS.register(spec.name, spec)
+
+
+def cb_twin(base: ModelSpec, name: str, **changes) -> ModelSpec:
+    """The CB twin of ``base``: same architecture, seed and recipe, CB on, paired with it."""
+    return dataclasses.replace(base, name=name, cb=True, baseline=base.name, **changes)
+
+
+_demo = register(ModelSpec(
+    name="demo_vit",
+    arch="vit_tiny_patch16_224",
+    arch_kwargs=DEMO_ARCH_KWARGS,
+    weights="train",
+    recipe="digits_tiny",
+    dataset="digits",
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    description="tiny ViT (4 blocks, dim 64, 0.15M params) trained by cbbench on digits",
+))
+register(cb_twin(_demo, "demo_vit_cb",
+                 description="CB twin of demo_vit: same architecture, seed and recipe"))
+
+# ImageNet-1k baselines with timm's weights (from the Hugging Face hub or its local cache).
+for _name, _arch, _desc in [
+    ("deit_tiny", "deit_tiny_patch16_224", "DeiT-Ti, ImageNet-1k (timm weights)"),
+    ("deit_small", "deit_small_patch16_224", "DeiT-S, ImageNet-1k (timm weights)"),
+    ("deit_base", "deit_base_patch16_224", "DeiT-B, ImageNet-1k (timm weights)"),
+]:
+    register(ModelSpec(name=_name, arch=_arch, description=_desc))
+
+
+def resolve(name_or_spec: str | ModelSpec) -> ModelSpec:
+    """A registered name, an ad-hoc ``timm:...`` string, or a ModelSpec."""
+    if isinstance(name_or_spec, ModelSpec):
+        return name_or_spec
+    if is_adhoc(name_or_spec):
+        return parse_adhoc(name_or_spec)
+    return MODELS.get(name_or_spec)

@@ -1,0 +1,144 @@
+"""Training the demo models: a small DeiT-spirited recipe, deterministic on CPU and resumable.
+
+AdamW, linear warmup then cosine decay (set per step, so resuming needs no
+scheduler state), label smoothing, random shifts as light augmentation. Data
+order and augmentation come from a generator seeded by (seed, epoch), so an
+interrupted run resumes from its last epoch checkpoint and ends with the same
+weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from cbbench.models.spec import ModelSpec
+from cbbench.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    dataset: str
+    epochs: int
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    max_shift: int = 3
+
+
+RECIPES: Registry[Recipe] = Registry("recipe")
+RECIPES.register("digits_tiny", Recipe(dataset="digits", epochs=30))
+
+
+def load_train_split(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if dataset == "digits":
+        from cbbench.data.digits import load_digits_split
+
+        return load_digits_split("train")
+    raise ValueError(f"no training data loader for dataset {dataset!r}; available: digits")
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return 0.5 * base_lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero padding), independently."""
+    if max_shift == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
+def checkpoint_path(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -> Path:
+    from cbbench.paths import checkpoint_dir as default_dir
+
+    root = Path(checkpoint_dir) if checkpoint_dir else default_dir()
+    return root / f"{spec.name}-{spec.identity()}.pth"
+
+
+def trained_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None,
+                       progress: Callable[[dict], None] | None = None) -> Path:
+    """The cached checkpoint of ``spec``, training it first when absent."""
+    path = checkpoint_path(spec, checkpoint_dir)
+    if not path.is_file():
+        log.info("training %s (first use); checkpoint goes to %s", spec.name, path)
+        train(spec, path, progress=progress)
+    return path
+
+
+def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = None) -> Path:
+    """Train ``spec`` with its recipe, checkpointing every epoch to ``out``.partial; resumes from it."""
+    from cbbench.models.build import build_network
+
+    recipe = RECIPES.get(spec.recipe)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.pth")
+    x_train, y_train = load_train_split(recipe.dataset)
+    net = build_network(spec)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(x_train) / recipe.batch_size)
+    total, warmup = recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch
+    history: list[dict] = []
+    start_epoch = 0
+    if partial.is_file():
+        state = torch.load(partial, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["log"]
+        log.info("resuming %s from epoch %d", spec.name, start_epoch)
+    for epoch in range(start_epoch, recipe.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
+        net.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        loss_sum = correct = 0.0
+        for i, start in enumerate(range(0, len(x_train), recipe.batch_size)):
+            idx = order[start:start + recipe.batch_size]
+            x = random_shift(x_train[idx], recipe.max_shift, gen)
+            y = y_train[idx]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr)
+            logits = net((x - mean) / std)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training {spec.name}: loss became {loss.item()} at epoch {epoch + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y).sum().item()
+        entry = {"epoch": epoch + 1, "loss": loss_sum / len(x_train),
+                 "train_acc": correct / len(x_train), "seconds": time.perf_counter() - t0}
+        history.append(entry)
+        _atomic_save({"state_dict": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                      "log": history}, partial)
+        if progress:
+            progress({"model": spec.name, "epochs": recipe.epochs, **entry})
+    _atomic_save({"state_dict": net.state_dict(), "spec": spec.identity(), "recipe": asdict(recipe),
+                  "log": history}, out)
+    partial.unlink(missing_ok=True)
+    return out
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
