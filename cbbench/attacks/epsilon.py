@@ -1,0 +1,50 @@
+"""Epsilons in pixel units: parsed and checked without importing foolbox (task registration stays fast)."""
+from __future__ import annotations
+
+import math
+
+
+def parse_pixel_value(value, name: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number in [0, 1] pixel units, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/")
+                parsed = float(num) / float(den)
+            else:
+                parsed = float(text)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"cannot parse {name}={value!r}: expected a number in [0, 1] pixel "
+                "units or a fraction such as '1/255' or '4/255'"
+            ) from None
+    else:
+        try:
+            parsed = float(value)  # Python/NumPy numbers, 0-d tensors
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must be a number in [0, 1] pixel units or a string such as "
+                f"'1/255', got {value!r}"
+            ) from None
+    if math.isnan(parsed) or math.isinf(parsed):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if parsed < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if parsed > 1:
+        raise ValueError(
+            f"{name}={value!r} is larger than 1, but images are in [0, 1] and {name} is "
+            f"in pixel units: did you mean {parsed:g}/255?"
+        )
+    return parsed
+
+
+def validate_epsilon(eps) -> float:
+    """Return ``eps`` as a float in [0, 1] pixel units.
+
+    Accepts numbers and strings such as ``"1/255"``, ``"4/255"`` or ``"0.0157"``.
+    Raises ValueError for negative, NaN/infinite, unparseable or > 1 values
+    (the last usually means 0..255 units: 2.0 suggests ``2/255``).
+    """
+    return parse_pixel_value(eps, "eps")
