@@ -1,0 +1,1 @@
+"""Compatibility layers for third-party packages that do not install or import cleanly."""
