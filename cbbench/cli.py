@@ -1,0 +1,170 @@
+"""The command line: builds a config, calls the runner and the report. The only place that prints."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from cbbench.registry import UnknownNameError
+
+EXIT_USAGE, EXIT_FAILED_CELLS = 2, 1
+
+
+def _progress_factory():
+    from tqdm.auto import tqdm
+
+    def progress(total: int, desc: str):
+        return tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr, dynamic_ncols=True)
+    return progress
+
+
+def cmd_run(args) -> int:
+    from cbbench.report import write_reports
+    from cbbench.runner import RunConfig, run
+
+    config = RunConfig(suite=args.suite, models=args.models, tasks=args.tasks, data_root=args.data_root,
+                       results=args.results, checkpoints=args.checkpoints, limit=args.limit, device=args.device,
+                       seed=args.seed, batch_size=args.batch_size, force=args.force)
+    t0 = time.perf_counter()
+    summary = run(config, progress=_progress_factory(), on_event=lambda msg: print(msg, file=sys.stderr))
+    files = write_reports(summary.results_dir, [args.suite])
+    counts = {s: sum(o.status == s for o in summary.outcomes) for s in ("ok", "cached", "skipped", "failed")}
+    print(f"done in {time.perf_counter() - t0:.1f} s: {counts['ok']} computed, {counts['cached']} reused from "
+          f"the store, {counts['skipped']} skipped, {counts['failed']} failed")
+    for path in files:
+        print(f"wrote {path}")
+    if summary.failed:
+        print("failed cells (see the report's 'Skipped or failed' section):", file=sys.stderr)
+        for o in summary.failed:
+            print(f"  {o.task} / {o.model}: {o.reason}", file=sys.stderr)
+        return EXIT_FAILED_CELLS
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cbbench.paths import results_dir
+    from cbbench.report import write_reports
+
+    root = results_dir(args.results)
+    if not (root / "cbbench.sqlite").is_file():
+        print(f"error: no results store in {root}; run 'cbbench run --suite robustness' first "
+              "(or point --results at the directory that holds cbbench.sqlite)", file=sys.stderr)
+        return EXIT_USAGE
+    files = write_reports(root, [args.suite] if args.suite else None, tuple(args.format.split(",")))
+    if not files:
+        what = f"suite {args.suite!r}" if args.suite else "any suite"
+        print(f"the store {root / 'cbbench.sqlite'} has no results for {what}; nothing to report")
+        return 0
+    for path in files:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    if args.what == "models":
+        from cbbench.models.zoo import MODELS
+
+        rows = [(n, s.arch, "yes" if s.cb else "", s.baseline or "", s.weights, s.dataset, s.description)
+                for n, s in MODELS.items()]
+        headers = ["model", "arch", "CB", "baseline", "weights", "dataset", "description"]
+    elif args.what == "tasks":
+        from cbbench.tasks import TASKS
+
+        rows = [(n, t.version, t.protocol) for n, t in TASKS.items()]
+        headers = ["task", "version", "protocol"]
+    elif args.what == "suites":
+        from cbbench.suites import SUITES
+
+        rows = [(n, s.dataset, ", ".join(s.models), ", ".join(s.tasks)) for n, s in SUITES.items()]
+        headers = ["suite", "dataset", "models", "tasks"]
+    else:
+        from cbbench.data.base import DATASETS
+
+        rows = [(n,) for n in DATASETS]
+        headers = ["dataset"]
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from cbbench.models.zoo import resolve
+    from cbbench.train import checkpoint_path, train
+
+    for name in args.models:
+        spec = resolve(name)
+        if spec.weights != "train":
+            raise ValueError(f"model {name} has weights={spec.weights!r}; only models with a training recipe "
+                             "(weights='train', e.g. demo_vit) can be trained by cbbench")
+        path = checkpoint_path(spec, args.checkpoints)
+        if path.is_file() and not args.force:
+            print(f"{name}: already trained at {path} (--force retrains)")
+            continue
+        if args.force:
+            path.unlink(missing_ok=True)
+
+        def show(entry):
+            print(f"{entry['model']} epoch {entry['epoch']}/{entry['epochs']}: loss {entry['loss']:.3f}, "
+                  f"train acc {100 * entry['train_acc']:.1f}%, {entry['seconds']:.1f} s", file=sys.stderr)
+        train(spec, path, progress=show)
+        print(f"{name}: trained, checkpoint {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cbbench", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="evaluate models on a suite's tasks and write the report")
+    p.add_argument("--suite", default="robustness")
+    p.add_argument("--models", nargs="+", help="zoo names or ad-hoc timm:ARCH[+cb][@CKPT] (default: the suite's)")
+    p.add_argument("--tasks", nargs="+", help="task names (default: the suite's)")
+    p.add_argument("--data-root", help="root of the datasets (or CBBENCH_DATA); none: the embedded default")
+    p.add_argument("--results", help="results directory (or CBBENCH_RESULTS; default ./results)")
+    p.add_argument("--checkpoints", help="where trained demo checkpoints are cached (or CBBENCH_CKPT)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N test images (smoke tests)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of corruptions and attack random starts")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--force", action="store_true", help="recompute cells already in the store")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="re-render reports from the results store")
+    p.add_argument("--results", help="results directory (default ./results)")
+    p.add_argument("--suite", help="only this suite (default: every suite in the store)")
+    p.add_argument("--format", default="md,csv,json", help="comma-separated: md,csv,json")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ls", help="list registered models, tasks, suites or datasets")
+    p.add_argument("what", choices=["models", "tasks", "suites", "datasets"])
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("train", help="train demo models with their recipe into the checkpoint cache")
+    p.add_argument("models", nargs="*", default=["demo_vit", "demo_vit_cb"])
+    p.add_argument("--checkpoints", help="checkpoint cache directory (or CBBENCH_CKPT)")
+    p.add_argument("--force", action="store_true", help="retrain even if a checkpoint exists")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from cbbench.errors import CheckpointError, StoreError
+
+    try:
+        return args.func(args)
+    except (UnknownNameError, FileNotFoundError, CheckpointError, StoreError, ValueError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are in the store; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

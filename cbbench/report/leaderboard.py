@@ -1,0 +1,279 @@
+"""Markdown leaderboards: one row per model, each CB model beside its baseline with the paired difference.
+
+Differences are CB minus baseline on the same images, with a 95% paired
+bootstrap interval (images resampled) and, where outcomes are right/wrong per
+image, McNemar's exact test. Everything is computed from the stored per-sample
+outcomes of the suite's latest run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from cbbench.metrics import mcnemar_exact, paired_bootstrap_ci
+from cbbench.store import Cell, Store
+from cbbench.tasks import TASKS
+
+DIGITS_NOTE = ("Digits are white strokes on black: fog, frost, snow, brightness and contrast wash them out, "
+               "so accuracy near chance (10%) at high severity there is expected, not a bug.")
+
+
+@dataclass
+class Column:
+    task: str
+    key: str
+    label: str
+    higher_is_better: bool | None
+    percent: bool
+
+    @property
+    def header(self) -> str:
+        arrow = {True: " ↑", False: " ↓", None: ""}[self.higher_is_better]
+        return f"{self.label}{arrow}"
+
+    def fmt(self, value: float | None) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "–"
+        return f"{100 * value:.1f}" if self.percent else f"{value:.3f}"
+
+    def fmt_delta(self, delta: float, low: float, high: float) -> str:
+        scale, digits = (100, 1) if self.percent else (1, 3)
+        return f"{scale * delta:+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+
+
+def _column(task_name: str) -> Column:
+    task = TASKS.get(task_name) if task_name in TASKS else None
+    if task is None:
+        return Column(task_name, "accuracy", task_name, True, True)
+    h = task.headline
+    return Column(task_name, h.key, h.label, h.higher_is_better, h.percent)
+
+
+def pair_of(spec: dict, specs: dict[str, dict]) -> str | None:
+    """The baseline a CB model is compared with: its named baseline, else the same non-CB architecture."""
+    if not spec.get("cb"):
+        return None
+    if spec.get("baseline") in specs:
+        return spec["baseline"]
+    same = [n for n, s in specs.items() if not s.get("cb") and s["arch"] == spec["arch"]
+            and s.get("arch_kwargs") == spec.get("arch_kwargs")]
+    return same[0] if len(same) == 1 else None
+
+
+def per_sample(cell: Cell) -> np.ndarray | None:
+    """The per-image quantity the headline averages: correctness, or mean attention entropy."""
+    samples = cell.samples
+    if "entropy" in samples:
+        return samples["entropy"].reshape(len(samples["entropy"]), -1).mean(axis=1)
+    return samples.get("correct")
+
+
+def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: dict, tasks: list[str]) -> list[dict]:
+    rows = []
+    for model in models:
+        base = pair_of(specs[model], specs)
+        if base is None:
+            continue
+        for task in tasks:
+            a, b = cells.get((base, task)), cells.get((model, task))
+            if not (a and b and a.status == b.status == "ok"):
+                continue
+            col = _column(task)
+            xa, xb = per_sample(a), per_sample(b)
+            row = {"comparison": f"{model} − {base}", "task": task, "metric": col.header, "n": len(xa)}
+            delta, low, high = paired_bootstrap_ci(xa, xb, n_boot=2000, seed=0)
+            row["Δ [95% CI]"] = col.fmt_delta(delta, low, high)
+            row["_delta"], row["_low"], row["_high"] = delta, low, high
+            if xa.dtype == bool:
+                n01, n10, p = mcnemar_exact(xa, xb)
+                row["CB fixes / breaks"] = f"{n01} / {n10}"
+                row["McNemar p"] = f"{p:.3g}"
+            else:
+                row["CB fixes / breaks"], row["McNemar p"] = "n/a", "n/a"
+            rows.append(row)
+    return rows
+
+
+def _latest(store: Store, suite: str):
+    latest = store.latest_run(suite)
+    if latest is None:
+        return None
+    run_id, config = latest
+    cells = {}
+    for c in store.run_cells(run_id):
+        cells[(c.model, c.task)] = c
+    return run_id, config, cells
+
+
+def render_suite(store: Store, suite: str) -> tuple[str, pd.DataFrame, list[dict]] | None:
+    """(markdown, summary table, paired comparisons) of the suite's latest run, or None if never run."""
+    latest = _latest(store, suite)
+    if latest is None:
+        return None
+    run_id, config, cells = latest
+    models = list(dict.fromkeys(m for m, _ in cells))
+    tasks = list(dict.fromkeys(t for _, t in cells))
+    specs = {m: next(c.model_spec for (mm, _), c in cells.items() if mm == m) for m in models}
+    columns = [_column(t) for t in tasks]
+
+    # Order: each baseline followed by its CB twins.
+    ordered = []
+    for m in models:
+        if pair_of(specs[m], specs) is None and m not in ordered:
+            ordered.append(m)
+            ordered += [t for t in models if pair_of(specs[t], specs) == m]
+    ordered += [m for m in models if m not in ordered]
+
+    paired = paired_rows(cells, ordered, specs, tasks)
+    delta_by = {(r["comparison"], r["task"]): r for r in paired}
+    table, records = [], []
+    for m in ordered:
+        params = next((c.provenance.get("num_params") for (mm, _), c in cells.items()
+                       if mm == m and c.provenance.get("num_params")), None)
+        row = {"model": m + (" (CB)" if specs[m].get("cb") else ""),
+               "params": f"{params / 1e6:.2f}M" if params else "–"}
+        record = {"model": m, "cb": bool(specs[m].get("cb")), "baseline": pair_of(specs[m], specs),
+                  "num_params": params}
+        for col in columns:
+            cell = cells.get((m, col.task))
+            value = cell.metrics.get(col.key) if cell and cell.status == "ok" else None
+            row[col.header] = col.fmt(value) if cell is None or cell.status == "ok" else cell.status
+            record[f"{col.task}.{col.key}"] = value
+        table.append(row)
+        records.append(record)
+        base = pair_of(specs[m], specs)
+        if base is not None:
+            drow = {"model": f"Δ vs {base} [95% CI]", "params": ""}
+            for col in columns:
+                r = delta_by.get((f"{m} − {base}", col.task))
+                drow[col.header] = r["Δ [95% CI]"] if r else "–"
+            table.append(drow)
+    summary = pd.DataFrame(records)
+
+    dataset = next(iter(cells.values())).dataset
+    lines = [f"# cbbench leaderboard: suite `{suite}`", "",
+             f"Dataset: `{dataset}` · run {run_id} · limit: {config.get('limit') or 'all images'} · "
+             f"seed: {config.get('seed')}. Accuracies in %. ↑ higher is better; columns without an arrow "
+             "have no better direction. Δ rows: CB minus its baseline on the same images, "
+             "95% paired bootstrap interval (2,000 resamples of the images).", "",
+             tabulate(table, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    if paired:
+        lines += ["## CB vs baseline, paired", "",
+                  "\"CB fixes / breaks\": images the baseline gets wrong and CB right / the reverse; "
+                  "McNemar's exact test on those discordant images. n/a where the per-image outcome is not "
+                  "right/wrong (corruption accuracy averaged over cells, attention entropy).", "",
+                  tabulate([{k: v for k, v in r.items() if not k.startswith("_")} for r in paired],
+                           headers="keys", tablefmt="github", disable_numparse=True), ""]
+    lines += _details(cells, ordered, tasks)
+    lines += _protocols(tasks, cells)
+    problems = [(m, t, c) for (m, t), c in cells.items() if c.status != "ok"]
+    if problems:
+        lines += ["## Skipped or failed", ""]
+        lines += [f"- `{t}` on `{m}`: **{c.status}**: {c.reason}" for m, t, c in problems]
+        lines.append("")
+    lines += _provenance(cells, config)
+    return "\n".join(lines), summary, paired
+
+
+def _details(cells, models, tasks) -> list[str]:
+    lines = []
+    if "corruptions" in tasks:
+        ok = [(m, cells[(m, "corruptions")]) for m in models if (m, "corruptions") in cells
+              and cells[(m, "corruptions")].status == "ok"]
+        if ok:
+            params = ok[0][1].task_params
+            rows = []
+            for corruption in params["corruptions"]:
+                row = {"corruption": corruption}
+                for m, cell in ok:
+                    for s in params["severities"]:
+                        row[f"{m} s{s}"] = f"{100 * cell.metrics[f'accuracy/{corruption}/{s}']:.1f}"
+                    row[f"{m} mean"] = f"{100 * cell.metrics[f'accuracy/{corruption}']:.1f}"
+                rows.append(row)
+            lines += ["## Corruptions: top-1 (%) per corruption and severity ↑", "",
+                      "Generated on the fly from the test images (not a precomputed -C set).", "",
+                      tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+            if ok[0][1].dataset == "digits":
+                lines += [DIGITS_NOTE, ""]
+    attacks = [t for t in tasks if t in TASKS and getattr(TASKS.get(t), "attack", None)]
+    if attacks:
+        rows = []
+        for t in attacks:
+            for m in models:
+                c = cells.get((m, t))
+                if c and c.status == "ok":
+                    rows.append({"task": t, "model": m, "clean (same images) ↑": f"{100 * c.metrics['clean_accuracy']:.1f}",
+                                 "robust ↑": f"{100 * c.metrics['accuracy']:.1f}",
+                                 "attack success on clean-correct ↓": f"{100 * c.metrics['attack_success_rate']:.1f}"})
+        if rows:
+            lines += ["## Adversarial: accuracy (%)", "",
+                      tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    if "attention_entropy" in tasks:
+        ok = [(m, cells[(m, "attention_entropy")]) for m in models if (m, "attention_entropy") in cells
+              and cells[(m, "attention_entropy")].status == "ok"]
+        if ok:
+            layers = sorted(int(k.split("layer")[1]) for k in ok[0][1].metrics if k.startswith("entropy/layer"))
+            rows = [{"layer": i, **{m: f"{c.metrics[f'entropy/layer{i}']:.3f}" for m, c in ok}} for i in layers]
+            rows.append({"layer": "cos. to uniform", **{m: f"{c.metrics['mean_cosine_to_uniform']:.3f}" for m, c in ok}})
+            rows.append({"layer": "attn. on class token", **{m: f"{c.metrics['mean_cls_attention']:.3f}" for m, c in ok}})
+            lines += ["## Attention density: mean normalized entropy H/log N per layer", "",
+                      "1 = uniform attention, 0 = one-hot. The paper claims CB lowers it.", "",
+                      tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    return lines
+
+
+def _protocols(tasks, cells) -> list[str]:
+    lines = ["## Protocols", ""]
+    for t in tasks:
+        cell = next((c for (m, tt), c in cells.items() if tt == t), None)
+        version = cell.task_version if cell else "?"
+        protocol = (TASKS.get(t).protocol if t in TASKS else "unknown task")
+        lines.append(f"- `{t}` v{version}: {protocol}")
+    return lines + [""]
+
+
+def _provenance(cells, config) -> list[str]:
+    ok = [c for c in cells.values() if c.status == "ok"]
+    if not ok:
+        return []
+    prov = max(ok, key=lambda c: c.created).provenance
+    versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    total = sum(c.wall_s or 0 for c in ok)
+    return ["## Provenance", "",
+            f"- packages: {versions}; Python {prov.get('python')}",
+            f"- device: {prov.get('device')}, {prov.get('threads')} threads; latest cell computed "
+            f"{prov.get('date')}",
+            f"- compute time of the cells in this table: {total:.0f} s (cells reused from the store "
+            "keep their original time)",
+            f"- corruptions generated on the fly: {'yes' if any(c.task == 'corruptions' for c in ok) else 'n/a'}",
+            f"- run configuration: `{json.dumps({k: v for k, v in config.items() if v is not None})}`", ""]
+
+
+def write_reports(results_dir: str | Path, suites: list[str] | None = None,
+                  formats: tuple[str, ...] = ("md", "csv", "json")) -> list[Path]:
+    """Render the latest run of each suite into ``results_dir``; returns the files written."""
+    results_dir = Path(results_dir)
+    written = []
+    with Store(results_dir) as store:
+        for suite in suites or store.suites():
+            rendered = render_suite(store, suite)
+            if rendered is None:
+                continue
+            markdown, summary, paired = rendered
+            if "md" in formats:
+                written.append(results_dir / f"{suite}.md")
+                written[-1].write_text(markdown)
+            if "csv" in formats:
+                written.append(results_dir / f"{suite}.csv")
+                summary.to_csv(written[-1], index=False)
+            if "json" in formats:
+                written.append(results_dir / f"{suite}.json")
+                written[-1].write_text(json.dumps({"summary": summary.to_dict(orient="records"), "paired": [
+                    {k.lstrip("_"): v for k, v in r.items() if k in ("comparison", "task", "n", "_delta", "_low", "_high",
+                                                                    "McNemar p")} for r in paired]}, indent=2))
+    return written

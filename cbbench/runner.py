@@ -1,0 +1,169 @@
+"""Plan and execute a suite: models x tasks, skipping cells the store already holds. No printing."""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cbbench.data.base import DatasetMissingError, load_dataset
+from cbbench.models.build import load_model
+from cbbench.models.zoo import resolve
+from cbbench.paths import data_root as resolve_data_root
+from cbbench.paths import results_dir as resolve_results_dir
+from cbbench.store import Store, cell_key
+from cbbench.suites import SUITES
+from cbbench.tasks import TASKS, TaskContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    suite: str = "robustness"
+    models: list[str] | None = None
+    tasks: list[str] | None = None
+    data_root: str | None = None
+    results: str | None = None
+    checkpoints: str | None = None
+    limit: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    batch_size: int = 128
+    force: bool = False
+
+
+@dataclass
+class CellOutcome:
+    model: str
+    task: str
+    status: str  # ok | cached | skipped | failed
+    reason: str | None = None
+    wall_s: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    results_dir: Path
+    outcomes: list[CellOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} requested but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def provenance(device: torch.device) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("cbbench", "torch", "timm", "foolbox", "numpy", "imagecorruptions"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        "threads": torch.get_num_threads(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], None] = None) -> RunSummary:
+    """Execute ``config``; every finished cell is committed at once, so an interrupted run resumes."""
+    say = on_event or (lambda msg: None)
+    suite = SUITES.get(config.suite)
+    specs = [resolve(name) for name in (config.models or suite.models)]
+    tasks = [TASKS.get(name) for name in (config.tasks or suite.tasks)]
+    device = pick_device(config.device)
+    data_root = resolve_data_root(config.data_root)
+    store = Store(resolve_results_dir(config.results))
+    summary = RunSummary(store.start_run(suite.name, asdict(config)), store.dir)
+    try:
+        try:
+            dataset, missing = load_dataset(suite.dataset, data_root), None
+        except DatasetMissingError as exc:
+            dataset, missing = None, str(exc)
+        models = {}
+        for spec in specs:
+            say(f"loading model {spec.name}")
+            models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints)
+            if dataset is not None:
+                _check_classes(models[spec.name], dataset)
+        base = provenance(device)
+        position = 0
+        for task in tasks:
+            for spec in specs:
+                model = models[spec.name]
+                key = cell_key(spec.identity(), model.weights_digest, task.name, task.version, task.params(),
+                               suite.dataset, config.limit, config.seed)
+                ident = dict(key=key, model=spec.name, model_spec=spec.to_dict(), weights_digest=model.weights_digest,
+                             task=task.name, task_version=task.version, task_params=task.params(),
+                             dataset=suite.dataset, limit=config.limit, seed=config.seed)
+                if missing is not None:
+                    store.put(**ident, status="skipped", reason=missing)
+                    outcome = CellOutcome(spec.name, task.name, "skipped", missing)
+                elif store.has(key) and not config.force:
+                    outcome = CellOutcome(spec.name, task.name, "cached")
+                else:
+                    outcome = _evaluate(store, ident, task, model, dataset, config, device, base, progress)
+                store.add_run_cell(summary.run_id, position, key, spec.name, task.name)
+                position += 1
+                summary.outcomes.append(outcome)
+                say(f"{task.name} / {spec.name}: {outcome.status}"
+                    + (f" ({outcome.wall_s:.1f} s)" if outcome.status == "ok" else "")
+                    + (f": {outcome.reason}" if outcome.reason else ""))
+        store.finish_run(summary.run_id)
+    finally:
+        store.close()
+    return summary
+
+
+def _check_classes(model, dataset) -> None:
+    num_classes = getattr(model.net, "num_classes", None)
+    if num_classes is not None and num_classes != dataset.num_classes:
+        raise ValueError(
+            f"model {model.spec.name} predicts {num_classes} classes but dataset {dataset.name} has "
+            f"{dataset.num_classes}; pick models trained for {dataset.name} (cbbench ls models)"
+        )
+
+
+def _evaluate(store, ident, task, model, dataset, config, device, base, progress) -> CellOutcome:
+    key = ident["key"]
+    ctx = TaskContext(dataset=dataset, device=device, batch_size=config.batch_size, limit=config.limit,
+                      seed=config.seed, load_part=lambda part: store.get_part(key, part),
+                      save_part=lambda part, arrays: store.put_part(key, part, arrays))
+    if progress is not None:
+        ctx.progress = progress
+    t0 = time.perf_counter()
+    try:
+        result = task.evaluate(model, ctx)
+    except DatasetMissingError as exc:
+        store.put(**ident, status="skipped", reason=str(exc))
+        return CellOutcome(ident["model"], task.name, "skipped", str(exc))
+    except Exception as exc:  # one failing cell must not lose the others; it is recorded and reported
+        reason = f"{exc.__class__.__name__}: {exc}"
+        log.error("task %s failed on %s:\n%s", task.name, ident["model"], traceback.format_exc())
+        store.put(**ident, status="failed", reason=reason)
+        return CellOutcome(ident["model"], task.name, "failed", reason)
+    wall = time.perf_counter() - t0
+    prov = dict(base, wall_s=wall, batch_size=config.batch_size, protocol=task.protocol, notes=result.notes,
+                num_params=sum(p.numel() for p in model.parameters()))
+    store.put(**ident, status="ok", metrics=result.metrics, samples=result.samples, provenance=prov, wall_s=wall)
+    return CellOutcome(ident["model"], task.name, "ok", wall_s=wall)

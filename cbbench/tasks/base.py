@@ -1,0 +1,127 @@
+"""Task interface and THE batch loop every task runs through.
+
+Tasks declare what differs (a perturbation, which outcomes to keep, how to
+aggregate); moving batches, running the model, checking logits and recording
+per-sample outcomes happens once, here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from cbbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a metric is read: its label, direction (None: no better/worse), and protocol."""
+
+    key: str
+    label: str
+    higher_is_better: bool | None
+    percent: bool = True
+
+
+@dataclass
+class TaskResult:
+    metrics: dict[str, float]
+    samples: dict[str, np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class TaskContext:
+    """What a task gets besides the model: data, device, limits, seed, progress and partial results."""
+
+    dataset: Any
+    device: torch.device = torch.device("cpu")
+    batch_size: int = 128
+    limit: int | None = None
+    seed: int = 0
+    progress: Callable[..., Any] = lambda total, desc: _NoProgress()
+    load_part: Callable[[str], dict | None] = lambda part: None
+    save_part: Callable[[str, dict], None] = lambda part, arrays: None
+
+    @property
+    def num_samples(self) -> int:
+        n = len(self.dataset)
+        return n if self.limit is None else min(self.limit, n)
+
+    def part(self, name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Resume support: a named sub-result computed once and kept even if the task is interrupted."""
+        stored = self.load_part(name)
+        if stored is not None:
+            return stored
+        arrays = compute()
+        self.save_part(name, arrays)
+        return arrays
+
+
+class Task:
+    """A registered evaluation: name, version (bump on any logic change), params, headline metric."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    headline: ClassVar[Metric]
+    protocol: ClassVar[str]
+
+    def params(self) -> dict:
+        return asdict(self) if hasattr(self, "__dataclass_fields__") else {}
+
+    def evaluate(self, model: torch.nn.Module, ctx: TaskContext) -> TaskResult:
+        raise NotImplementedError
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | None = None,
+                desc: str = "") -> dict[str, np.ndarray]:
+    """Evaluate ``model`` on ``ctx.dataset`` (optionally perturbed), keeping per-sample outcomes.
+
+    Returns arrays aligned with the samples: index, label, pred, correct,
+    confidence (max softmax probability) and finite (all logits finite; a
+    sample with non-finite logits counts as wrong and is reported by the task).
+    """
+    parts: dict[str, list] = {k: [] for k in ("index", "label", "pred", "correct", "confidence", "finite")}
+    bar = ctx.progress(total=ctx.num_samples, desc=desc)
+    try:
+        for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit):
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            if perturb is not None:
+                x = perturb(x, y, idx)
+            with torch.inference_mode():
+                logits = model(x).float()
+            finite = torch.isfinite(logits).all(dim=1)
+            probs = torch.nan_to_num(logits, nan=-torch.inf).softmax(dim=1)
+            confidence, pred = probs.max(dim=1)
+            correct = (pred == y) & finite
+            for key, value in (("index", idx), ("label", y), ("pred", pred), ("correct", correct),
+                               ("confidence", torch.nan_to_num(confidence, nan=0.0)), ("finite", finite)):
+                parts[key].append(value.cpu())
+            bar.update(len(y))
+    finally:
+        bar.close()
+    if not parts["index"]:
+        raise ValueError(f"dataset {ctx.dataset.name} yielded no samples (limit={ctx.limit})")
+    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+
+
+def accuracy_metrics(outcomes: dict[str, np.ndarray], prefix: str = "") -> dict[str, float]:
+    """Accuracy plus the count of samples whose logits were not finite (0 when all is well)."""
+    return {f"{prefix}accuracy": float(outcomes["correct"].mean()),
+            f"{prefix}nonfinite": float((~outcomes["finite"]).sum())}

@@ -1,0 +1,77 @@
+"""Common corruptions (ImageNet-C's 15 x 5) applied on the fly to the test images.
+
+The corruption functions are the reference ones (PyPI ``imagecorruptions`` 1.1.2,
+via cbbench.corruptions.reference), each image seeded by (seed, sample index),
+so the same inputs are produced whatever the batch size. Corrupted batches are
+kept in a bounded in-memory cache, so the CB twin is evaluated on exactly the
+images its baseline saw without corrupting them twice.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cbbench.corruptions.reference import BENCHMARK_CORRUPTIONS, SEVERITIES, reference_corrupt
+from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, run_batches
+
+CACHE_BYTES = 512 * 2**20
+_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+
+def _corrupted(dataset: str, x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
+    key = (dataset, name, severity, seed, tuple(idx.tolist()))
+    if key not in _cache:
+        out = reference_corrupt(x.cpu(), name, severity, seed, index_offset=int(idx[0]))
+        assert torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + len(idx))), "batches must be contiguous"
+        _cache[key] = (out * 255).round().to(torch.uint8)
+        while sum(t.numel() for t in _cache.values()) > CACHE_BYTES:
+            _cache.popitem(last=False)
+    _cache.move_to_end(key)
+    return _cache[key].to(x.device, torch.float32) / 255
+
+
+@dataclass(frozen=True)
+class CorruptionTask(Task):
+    corruptions: tuple[str, ...] = tuple(BENCHMARK_CORRUPTIONS)
+    severities: tuple[int, ...] = tuple(SEVERITIES)
+    engine: str = "imagecorruptions-1.1.2"
+
+    name = "corruptions"
+    version = 1
+    headline = Metric("mean_accuracy", "corruption acc. (mean 15x5)", True)
+    protocol = ("ImageNet-C corruptions generated on the fly with imagecorruptions 1.1.2 (uint8-quantized), "
+                "top-1 averaged over 15 corruptions x 5 severities; no AlexNet normalization")
+
+    def evaluate(self, model, ctx: TaskContext) -> TaskResult:
+        samples: dict[str, np.ndarray] = {}
+        metrics: dict[str, float] = {}
+        cell_acc = []
+        for c in self.corruptions:
+            per_severity = []
+            for s in self.severities:
+                def perturb(x, y, idx, c=c, s=s):
+                    return _corrupted(ctx.dataset.name, x, idx, c, s, ctx.seed)
+
+                out = ctx.part(f"{c}/{s}", lambda: run_batches(model, ctx, perturb, desc=f"{c} s{s}"))
+                for key in ("correct", "pred", "confidence"):
+                    samples[f"{c}.{s}.{key}"] = out[key]
+                acc = float(out["correct"].mean())
+                metrics[f"accuracy/{c}/{s}"] = acc
+                metrics["nonfinite"] = metrics.get("nonfinite", 0.0) + float((~out["finite"]).sum())
+                per_severity.append(acc)
+            metrics[f"accuracy/{c}"] = float(np.mean(per_severity))
+            cell_acc += per_severity
+        for s_i, s in enumerate(self.severities):
+            metrics[f"accuracy/severity{s}"] = float(np.mean(cell_acc[s_i::len(self.severities)]))
+        metrics["mean_accuracy"] = float(np.mean(cell_acc))
+        metrics["mean_error"] = 1.0 - metrics["mean_accuracy"]
+        # Per-sample mean accuracy over all cells: what paired statistics resample.
+        samples["correct"] = np.mean([samples[f"{c}.{s}.correct"] for c in self.corruptions
+                                      for s in self.severities], axis=0)
+        return TaskResult(metrics, samples)
+
+
+TASKS.register("corruptions", CorruptionTask())
