@@ -1,0 +1,162 @@
+"""End to end through the command line: the embedded default, caching, resumption and bad input."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cbbench.cli import main
+from cbbench.tasks import TASKS
+
+LIMIT = "24"
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def summary_table(markdown: str) -> str:
+    """The leaderboard table (the lines up to the first section), which must not depend on timing."""
+    return markdown.split("## ")[0].split("\n\n", 2)[2]
+
+
+@pytest.fixture(scope="module")
+def first_run(demo_checkpoints, tmp_path_factory):
+    """One real run of the default suite on 24 images (trains the demo models once per session)."""
+    results = tmp_path_factory.mktemp("results")
+    code = main(["run", "--suite", "robustness", "--limit", LIMIT, "--checkpoints", str(demo_checkpoints),
+                 "--results", str(results)])
+    assert code == 0
+    return results
+
+
+def test_default_suite_writes_a_leaderboard_with_every_task(first_run):
+    md = (first_run / "robustness.md").read_text()
+    assert re.search(r"^\| demo_vit +\| 0\.15M", md, re.M)
+    assert re.search(r"^\| demo_vit_cb \(CB\)", md, re.M)
+    assert re.search(r"^\| Δ vs demo_vit \[95% CI\]", md, re.M)
+    for header in ("clean top-1 ↑", "corruption acc. (mean 15x5) ↑", "fgsm robust acc. ↑", "pgd robust acc. ↑",
+                   "pgd_strong robust acc. ↑", "attn. entropy (H/log N)"):
+        assert header in md
+    for task in TASKS:
+        assert f"`{task}` v" in md
+    assert "Skipped or failed" not in md
+    assert (first_run / "robustness.csv").is_file() and (first_run / "robustness.json").is_file()
+
+
+def test_trained_demo_models_are_decent(demo_checkpoints):
+    from cbbench.data.digits import load_digits_split
+    from cbbench.models.build import load_model
+
+    x, y = load_digits_split("test")
+    for name in ("demo_vit", "demo_vit_cb"):
+        model = load_model(name, checkpoint_dir=demo_checkpoints)
+        with torch.no_grad():
+            acc = (model(x).argmax(1) == y).float().mean().item()
+        assert acc > 0.9, f"{name} reaches only {acc:.1%} on the digits test split"
+
+
+def test_second_run_reuses_every_cell(first_run, demo_checkpoints, capsys):
+    before = summary_table((first_run / "robustness.md").read_text())
+    code, out, _ = run_cli(capsys, "run", "--limit", LIMIT, "--checkpoints", str(demo_checkpoints),
+                           "--results", str(first_run))
+    assert code == 0 and "0 computed, 12 reused" in out
+    assert summary_table((first_run / "robustness.md").read_text()) == before
+    code, out, _ = run_cli(capsys, "run", "--limit", LIMIT, "--checkpoints", str(demo_checkpoints),
+                           "--results", str(first_run), "--tasks", "clean", "--force")
+    assert code == 0 and "2 computed, 0 reused" in out
+
+
+def test_interrupted_run_resumes_to_the_same_table(first_run, demo_checkpoints, tmp_path, capsys, monkeypatch):
+    clean_task = TASKS.get("clean")
+    original = type(clean_task).evaluate
+    calls = {"n": 0}
+
+    def interrupt_second_call(self, model, ctx):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, model, ctx)
+
+    monkeypatch.setattr(type(clean_task), "evaluate", interrupt_second_call)
+    args = ["run", "--limit", LIMIT, "--checkpoints", str(demo_checkpoints), "--results", str(tmp_path),
+            "--tasks", "clean", "fgsm"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 130 and "rerun the same command to resume" in err
+    monkeypatch.setattr(type(clean_task), "evaluate", original)
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "3 computed, 1 reused" in out
+    resumed = (tmp_path / "robustness.md").read_text()
+    code, _, _ = run_cli(capsys, "run", "--limit", LIMIT, "--checkpoints", str(demo_checkpoints),
+                         "--results", str(tmp_path / "fresh"), "--tasks", "clean", "fgsm")
+    assert summary_table(resumed) == summary_table((tmp_path / "fresh" / "robustness.md").read_text())
+
+
+def test_a_failing_task_is_reported_and_the_others_are_kept(demo_checkpoints, tmp_path, capsys, monkeypatch):
+    def boom(self, model, ctx):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(type(TASKS.get("attention_entropy")), "evaluate", boom)
+    code, _, err = run_cli(capsys, "run", "--limit", "8", "--checkpoints", str(demo_checkpoints),
+                           "--results", str(tmp_path), "--tasks", "clean", "attention_entropy")
+    assert code == 1 and "simulated failure" in err
+    md = (tmp_path / "robustness.md").read_text()
+    assert "`attention_entropy` on `demo_vit`: **failed**: RuntimeError: simulated failure" in md
+    assert re.search(r"^\| demo_vit +\| 0\.15M +\| \d+\.\d", md, re.M), "clean results must be kept"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--suite", "robustnes"], "Did you mean 'robustness'"),
+    (["run", "--models", "demo_vti"], "Did you mean 'demo_vit'"),
+    (["run", "--tasks", "fgms"], "Did you mean 'fgsm'"),
+    (["run", "--data-root", "/no/such/dir"], "data root /no/such/dir does not exist"),
+    (["run", "--models", "timm:deit small"], "cannot parse ad-hoc model"),
+    (["run", "--device", "cuda:7"] if not torch.cuda.is_available() else ["run", "--models", "deit_tiny"],
+     "no CUDA GPU" if not torch.cuda.is_available() else "not available offline"),
+])
+def test_bad_input_gets_one_clear_message(args, message, capsys):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_wrong_checkpoint_and_wrong_class_count(tmp_path, capsys):
+    from cbbench.models.build import build_network
+    from cbbench.models.spec import ModelSpec
+
+    net = build_network(ModelSpec(name="x", arch="deit_tiny_patch16_224", weights="random",
+                                  arch_kwargs=(("num_classes", 10),)))
+    path = tmp_path / "ten.pth"
+    torch.save(net.state_dict(), path)
+    code, _, err = run_cli(capsys, "run", "--models", f"timm:deit_tiny_patch16_224@{path}")
+    assert code == 2 and "head.weight: checkpoint (10, 192) vs model (1000, 192)" in err
+
+
+def test_unusable_results_directory(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    code, _, err = run_cli(capsys, "run", "--results", str(tmp_path / "file"), "--tasks", "clean")
+    assert code == 2 and "cannot open the results store" in err
+
+
+def test_report_without_results(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "report", "--results", str(tmp_path))
+    assert code == 2 and "no results store" in err
+
+
+def test_report_rerenders_from_the_store_alone(first_run, tmp_path, capsys):
+    before = (first_run / "robustness.md").read_text()
+    (first_run / "robustness.md").unlink()
+    code, out, _ = run_cli(capsys, "report", "--results", str(first_run), "--format", "md")
+    assert code == 0 and (first_run / "robustness.md").read_text() == before
+    code, out, _ = run_cli(capsys, "report", "--results", str(first_run), "--suite", "nothing")
+    assert code == 0 and "no results for suite 'nothing'" in out
+
+
+def test_console_entry_point_lists_registries():
+    out = subprocess.run([sys.executable, "-m", "cbbench", "ls", "tasks"], capture_output=True, text=True, check=True)
+    for task in ("clean", "corruptions", "fgsm", "pgd", "pgd_strong", "attention_entropy"):
+        assert task in out.stdout
