@@ -16,11 +16,15 @@ import pandas as pd
 from tabulate import tabulate
 
 from cbbench.metrics import mcnemar_exact, paired_bootstrap_ci
+from cbbench.report.pairing import pair_of
 from cbbench.store import Cell, Store
 from cbbench.tasks import TASKS
 
 DIGITS_NOTE = ("Digits are white strokes on black: fog, frost, snow, brightness and contrast wash them out, "
                "so accuracy near chance (10%) at high severity there is expected, not a bug.")
+
+
+PAIRED_COLUMNS = ("comparison", "task", "metric", "n", "Δ [95% CI]", "CB fixes / breaks", "McNemar p")
 
 
 @dataclass
@@ -54,17 +58,6 @@ def _column(task_name: str) -> Column:
     return Column(task_name, h.key, h.label, h.higher_is_better, h.percent)
 
 
-def pair_of(spec: dict, specs: dict[str, dict]) -> str | None:
-    """The baseline a CB model is compared with: its named baseline, else the same non-CB architecture."""
-    if not spec.get("cb"):
-        return None
-    if spec.get("baseline") in specs:
-        return spec["baseline"]
-    same = [n for n, s in specs.items() if not s.get("cb") and s["arch"] == spec["arch"]
-            and s.get("arch_kwargs") == spec.get("arch_kwargs")]
-    return same[0] if len(same) == 1 else None
-
-
 def per_sample(cell: Cell) -> np.ndarray | None:
     """The per-image quantity the headline averages: correctness, or mean attention entropy."""
     samples = cell.samples
@@ -85,7 +78,8 @@ def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: di
                 continue
             col = _column(task)
             xa, xb = per_sample(a), per_sample(b)
-            row = {"comparison": f"{model} − {base}", "task": task, "metric": col.header, "n": len(xa)}
+            row = {"comparison": f"{model} − {base}", "task": task, "metric": col.header, "n": len(xa),
+                   "percent": col.percent}
             delta, low, high = paired_bootstrap_ci(xa, xb, n_boot=2000, seed=0)
             row["Δ [95% CI]"] = col.fmt_delta(delta, low, high)
             row["_delta"], row["_low"], row["_high"] = delta, low, high
@@ -110,8 +104,13 @@ def _latest(store: Store, suite: str):
     return run_id, config, cells
 
 
-def render_suite(store: Store, suite: str) -> tuple[str, pd.DataFrame, list[dict]] | None:
-    """(markdown, summary table, paired comparisons) of the suite's latest run, or None if never run."""
+def render_suite(store: Store, suite: str, plot_dir: Path | None = None
+                 ) -> tuple[str, pd.DataFrame, list[dict]] | None:
+    """(markdown, summary table, paired comparisons) of the suite's latest run, or None if never run.
+
+    With ``plot_dir`` (a sub-folder of the results directory), figures are drawn
+    there and embedded with links relative to the results directory.
+    """
     latest = _latest(store, suite)
     if latest is None:
         return None
@@ -167,8 +166,16 @@ def render_suite(store: Store, suite: str) -> tuple[str, pd.DataFrame, list[dict
                   "\"CB fixes / breaks\": images the baseline gets wrong and CB right / the reverse; "
                   "McNemar's exact test on those discordant images. n/a where the per-image outcome is not "
                   "right/wrong (corruption accuracy averaged over cells, attention entropy).", "",
-                  tabulate([{k: v for k, v in r.items() if not k.startswith("_")} for r in paired],
+                  tabulate([{k: r[k] for k in PAIRED_COLUMNS} for r in paired],
                            headers="keys", tablefmt="github", disable_numparse=True), ""]
+    if plot_dir is not None:
+        from cbbench.report.plots import make_plots
+
+        figures = make_plots(list(cells.values()), paired, plot_dir, suite)
+        if figures:
+            lines += ["## Plots", ""]
+            for caption, path in figures:
+                lines += [f"![{caption}]({plot_dir.name}/{path.name})", "", f"*{caption}*", ""]
     lines += _details(cells, ordered, tasks)
     lines += _protocols(tasks, cells)
     problems = [(m, t, c) for (m, t), c in cells.items() if c.status != "ok"]
@@ -261,7 +268,7 @@ def write_reports(results_dir: str | Path, suites: list[str] | None = None,
     written = []
     with Store(results_dir) as store:
         for suite in suites or store.suites():
-            rendered = render_suite(store, suite)
+            rendered = render_suite(store, suite, results_dir / "plots" if "md" in formats else None)
             if rendered is None:
                 continue
             markdown, summary, paired = rendered
