@@ -106,15 +106,20 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
             models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints)
             if dataset is not None:
                 _check_classes(models[spec.name], dataset)
+        partners = _partners(models)
         base = provenance(device)
         position = 0
         for task in tasks:
             for spec in specs:
                 model = models[spec.name]
-                key = cell_key(spec.identity(), model.weights_digest, task.name, task.version, task.params(),
+                params = task.params()
+                if getattr(task, "uses_partner", False):  # e.g. transfer attacks: the source is part of the cell
+                    partner = partners.get(spec.name)
+                    params["partner"] = f"{partner.spec.name}@{partner.weights_digest}" if partner else None
+                key = cell_key(spec.identity(), model.weights_digest, task.name, task.version, params,
                                suite.dataset, config.limit, config.seed)
                 ident = dict(key=key, model=spec.name, model_spec=spec.to_dict(), weights_digest=model.weights_digest,
-                             task=task.name, task_version=task.version, task_params=task.params(),
+                             task=task.name, task_version=task.version, task_params=params,
                              dataset=suite.dataset, limit=config.limit, seed=config.seed)
                 if missing is not None:
                     store.put(**ident, status="skipped", reason=missing)
@@ -122,7 +127,8 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 elif store.has(key) and not config.force:
                     outcome = CellOutcome(spec.name, task.name, "cached")
                 else:
-                    outcome = _evaluate(store, ident, task, model, dataset, config, device, base, progress)
+                    outcome = _evaluate(store, ident, task, model, partners.get(spec.name), dataset, config,
+                                        device, base, progress)
                 store.add_run_cell(summary.run_id, position, key, spec.name, task.name)
                 position += 1
                 summary.outcomes.append(outcome)
@@ -144,10 +150,27 @@ def _check_classes(model, dataset) -> None:
         )
 
 
-def _evaluate(store, ident, task, model, dataset, config, device, base, progress) -> CellOutcome:
+def _partners(models: dict) -> dict:
+    """name -> the model it is compared with: a CB model's baseline, a baseline's (only) CB twin."""
+    from cbbench.report.pairing import pair_of
+
+    specs = {name: m.spec.to_dict() for name, m in models.items()}
+    partners = {}
+    for name, spec in specs.items():
+        base = pair_of(spec, specs)
+        if base is not None:
+            partners[name] = models[base]
+            twins = [n for n, s in specs.items() if pair_of(s, specs) == base]
+            if len(twins) == 1:
+                partners[base] = models[name]
+    return partners
+
+
+def _evaluate(store, ident, task, model, partner, dataset, config, device, base, progress) -> CellOutcome:
     key = ident["key"]
     ctx = TaskContext(dataset=dataset, device=device, batch_size=config.batch_size, limit=config.limit,
-                      seed=config.seed, load_part=lambda part: store.get_part(key, part),
+                      seed=config.seed, transform=getattr(model, "eval_transform", None), partner=partner,
+                      load_part=lambda part: store.get_part(key, part),
                       save_part=lambda part, arrays: store.put_part(key, part, arrays))
     if progress is not None:
         ctx.progress = progress

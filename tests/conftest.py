@@ -1,10 +1,14 @@
 """Shared fixtures: tiny seeded ViTs, isolated paths, and the real sample images when present."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# Before anything imports huggingface_hub (it reads this once): tests never touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
 
@@ -14,7 +18,6 @@ def _isolated_paths(monkeypatch, tmp_path):
     """No test reads or writes the user's results; the hub is never contacted."""
     monkeypatch.setenv("CBBENCH_RESULTS", str(tmp_path / "results"))
     monkeypatch.delenv("CBBENCH_DATA", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

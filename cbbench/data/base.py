@@ -26,8 +26,12 @@ class TensorDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(images, labels, sample indices) in a fixed order; ``limit`` keeps the first N samples."""
+    def batches(self, batch_size: int, limit: int | None = None, transform=None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(images, labels, sample indices) in a fixed order; ``limit`` keeps the first N samples.
+
+        ``transform`` is for datasets read from image files; tensors here are already model-ready.
+        """
         n = len(self) if limit is None else min(limit, len(self))
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)

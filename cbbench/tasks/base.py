@@ -49,6 +49,11 @@ class TaskContext:
     batch_size: int = 128
     limit: int | None = None
     seed: int = 0
+    # The model's own eval transform (PIL image -> [0,1] tensor) for datasets read from files.
+    transform: Callable | None = None
+    # The model this one is compared with (a CB model's baseline, a baseline's CB twin), e.g.
+    # as the source of transfer attacks; None when the run has no such pair.
+    partner: torch.nn.Module | None = None
     progress: Callable[..., Any] = lambda total, desc: _NoProgress()
     load_part: Callable[[str], dict | None] = lambda part: None
     save_part: Callable[[str, dict], None] = lambda part, arrays: None
@@ -90,9 +95,11 @@ Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | None = None,
-                desc: str = "") -> dict[str, np.ndarray]:
+                desc: str = "", class_subset: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Evaluate ``model`` on ``ctx.dataset`` (optionally perturbed), keeping per-sample outcomes.
 
+    ``class_subset`` (logit indices, e.g. ImageNet-A's 200 classes) restricts the
+    logits BEFORE the argmax and softmax; labels are then positions in the subset.
     Returns arrays aligned with the samples: index, label, pred, correct,
     confidence (max softmax probability) and finite (all logits finite; a
     sample with non-finite logits counts as wrong and is reported by the task).
@@ -100,12 +107,14 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     parts: dict[str, list] = {k: [] for k in ("index", "label", "pred", "correct", "confidence", "finite")}
     bar = ctx.progress(total=ctx.num_samples, desc=desc)
     try:
-        for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit):
+        for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, transform=ctx.transform):
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             if perturb is not None:
                 x = perturb(x, y, idx)
             with torch.inference_mode():
                 logits = model(x).float()
+            if class_subset is not None:
+                logits = logits[:, class_subset.to(logits.device)]
             finite = torch.isfinite(logits).all(dim=1)
             probs = torch.nan_to_num(logits, nan=-torch.inf).softmax(dim=1)
             confidence, pred = probs.max(dim=1)
