@@ -101,10 +101,11 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     ``class_subset`` (logit indices, e.g. ImageNet-A's 200 classes) restricts the
     logits BEFORE the argmax and softmax; labels are then positions in the subset.
     Returns arrays aligned with the samples: index, label, pred, correct,
-    confidence (max softmax probability) and finite (all logits finite; a
+    correct_top5 (label among the 5 largest logits), confidence (max softmax probability) and finite (all logits finite; a
     sample with non-finite logits counts as wrong and is reported by the task).
     """
-    parts: dict[str, list] = {k: [] for k in ("index", "label", "pred", "correct", "confidence", "finite")}
+    parts: dict[str, list] = {k: [] for k in ("index", "label", "pred", "correct", "correct_top5", "confidence",
+                                              "finite")}
     bar = ctx.progress(total=ctx.num_samples, desc=desc)
     try:
         for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, transform=ctx.transform):
@@ -119,7 +120,10 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
             probs = torch.nan_to_num(logits, nan=-torch.inf).softmax(dim=1)
             confidence, pred = probs.max(dim=1)
             correct = (pred == y) & finite
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct_top5 = (top5 == y[:, None]).any(dim=1) & finite
             for key, value in (("index", idx), ("label", y), ("pred", pred), ("correct", correct),
+                               ("correct_top5", correct_top5),
                                ("confidence", torch.nan_to_num(confidence, nan=0.0)), ("finite", finite)):
                 parts[key].append(value.cpu())
             bar.update(len(y))
