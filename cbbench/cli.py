@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -26,8 +27,14 @@ def cmd_run(args) -> int:
     config = RunConfig(suite=args.suite, models=args.models, tasks=args.tasks, data_root=args.data_root,
                        results=args.results, checkpoints=args.checkpoints, limit=args.limit, device=args.device,
                        seed=args.seed, batch_size=args.batch_size, force=args.force)
+    from cbbench import distributed
+
     t0 = time.perf_counter()
-    summary = run(config, progress=_progress_factory(), on_event=lambda msg: print(msg, file=sys.stderr))
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints and reports
+    summary = run(config, progress=_progress_factory() if main_rank else None,
+                  on_event=(lambda msg: print(msg, file=sys.stderr)) if main_rank else None)
+    if not distributed.is_main():
+        return EXIT_FAILED_CELLS if summary.failed else 0
     files = write_reports(summary.results_dir, [args.suite])
     counts = {s: sum(o.status == s for o in summary.outcomes) for s in ("ok", "cached", "skipped", "failed")}
     print(f"done in {time.perf_counter() - t0:.1f} s: {counts['ok']} computed, {counts['cached']} reused from "

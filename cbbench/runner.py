@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from cbbench import distributed
 from cbbench.data.base import DatasetMissingError, load_dataset
 from cbbench.models.build import load_model
 from cbbench.models.zoo import resolve
@@ -59,6 +60,16 @@ class RunSummary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
+class FollowerStore:
+    """What a non-zero rank holds instead of the store: reads nothing, writes nothing."""
+
+    def __init__(self, results_dir: Path):
+        self.dir = results_dir
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,21 +102,28 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
     suite = SUITES.get(config.suite)
     specs = [resolve(name) for name in (config.models or suite.models)]
     tasks = [TASKS.get(name) for name in (config.tasks or suite.tasks)]
-    device = pick_device(config.device)
+    device = distributed.local_device(pick_device(config.device))
+    distributed.init_from_env(device.type)
     data_root = resolve_data_root(config.data_root)
-    store = Store(resolve_results_dir(config.results))
-    summary = RunSummary(store.start_run(suite.name, asdict(config)), store.dir)
+    results = resolve_results_dir(config.results)
+    # Only rank 0 touches the store; the other ranks follow its decisions (distributed.from_main).
+    store = Store(results) if distributed.is_main() else FollowerStore(results)
+    summary = RunSummary(distributed.from_main(store.start_run(suite.name, asdict(config))), results)
     try:
         try:
             dataset, missing = load_dataset(suite.dataset, data_root), None
         except DatasetMissingError as exc:
             dataset, missing = None, str(exc)
         models = {}
+        if not distributed.is_main():
+            distributed.barrier()  # rank 0 loads first: it trains demo models once, the others reuse them
         for spec in specs:
             say(f"loading model {spec.name}")
             models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints)
             if dataset is not None:
                 _check_classes(models[spec.name], dataset)
+        if distributed.is_main():
+            distributed.barrier()
         partners = _partners(models)
         base = provenance(device)
         position = 0
@@ -124,11 +142,11 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 if missing is not None:
                     store.put(**ident, status="skipped", reason=missing)
                     outcome = CellOutcome(spec.name, task.name, "skipped", missing)
-                elif store.has(key) and not config.force:
+                elif distributed.from_main(store.has(key)) and not config.force:
                     outcome = CellOutcome(spec.name, task.name, "cached")
                 else:
                     outcome = _evaluate(store, ident, task, model, partners.get(spec.name), dataset, config,
-                                        device, base, progress)
+                                        device, base, progress, data_root)
                 store.add_run_cell(summary.run_id, position, key, spec.name, task.name)
                 position += 1
                 summary.outcomes.append(outcome)
@@ -166,10 +184,11 @@ def _partners(models: dict) -> dict:
     return partners
 
 
-def _evaluate(store, ident, task, model, partner, dataset, config, device, base, progress) -> CellOutcome:
+def _evaluate(store, ident, task, model, partner, dataset, config, device, base, progress, data_root) -> CellOutcome:
     key = ident["key"]
     ctx = TaskContext(dataset=dataset, device=device, batch_size=config.batch_size, limit=config.limit,
-                      seed=config.seed, transform=getattr(model, "eval_transform", None), partner=partner,
+                      seed=config.seed, data_root=data_root, transform=getattr(model, "eval_transform", None),
+                      partner=partner,
                       load_part=lambda part: store.get_part(key, part),
                       save_part=lambda part, arrays: store.put_part(key, part, arrays))
     if progress is not None:

@@ -28,7 +28,10 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 @contextmanager
 def record_attention(model: torch.nn.Module):
-    """Yield a list that receives, per forward pass, one (B, L, H, 3) tensor of row statistics."""
+    """Yield a list that receives, per forward pass, one (B, L, H, 3) tensor of row statistics.
+
+    The unfused path and the hooks are active only inside the ``with`` block.
+    """
     records: list[torch.Tensor] = []
     current: list[torch.Tensor] = []
     modules = attention_modules(model)
@@ -67,8 +70,8 @@ class AttentionEntropyTask(Task):
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         with record_attention(model) as records:
-            out = run_batches(model, ctx, desc="attention")
-        stats = torch.cat(records).numpy()  # (N_images, L, H, 3)
+            out = run_batches(model, ctx, desc="attention", extras=lambda: {"attention": records.pop()})
+        stats = out["attention"]  # (N_images, L, H, 3)
         entropy, cosine, cls_share = stats[..., 0], stats[..., 1], stats[..., 2]
         metrics = {"mean_entropy": float(entropy.mean()), "mean_cosine_to_uniform": float(cosine.mean()),
                    "mean_cls_attention": float(cls_share.mean())}

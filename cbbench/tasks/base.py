@@ -7,11 +7,13 @@ per-sample outcomes happens once, here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
+from cbbench import distributed
 from cbbench.registry import Registry
 
 
@@ -49,6 +51,8 @@ class TaskContext:
     batch_size: int = 128
     limit: int | None = None
     seed: int = 0
+    # Root of the datasets (--data-root / CBBENCH_DATA); None: the embedded default only.
+    data_root: Path | None = None
     # The model's own eval transform (PIL image -> [0,1] tensor) for datasets read from files.
     transform: Callable | None = None
     # The model this one is compared with (a CB model's baseline, a baseline's CB twin), e.g.
@@ -65,11 +69,12 @@ class TaskContext:
 
     def part(self, name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Resume support: a named sub-result computed once and kept even if the task is interrupted."""
-        stored = self.load_part(name)
+        stored = distributed.from_main(self.load_part(name))
         if stored is not None:
             return stored
         arrays = compute()
-        self.save_part(name, arrays)
+        if distributed.is_main():
+            self.save_part(name, arrays)
         return arrays
 
 
@@ -95,7 +100,8 @@ Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | None = None,
-                desc: str = "", class_subset: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+                desc: str = "", class_subset: torch.Tensor | None = None,
+                extras: Callable[[], dict[str, torch.Tensor]] | None = None) -> dict[str, np.ndarray]:
     """Evaluate ``model`` on ``ctx.dataset`` (optionally perturbed), keeping per-sample outcomes.
 
     ``class_subset`` (logit indices, e.g. ImageNet-A's 200 classes) restricts the
@@ -103,12 +109,23 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     Returns arrays aligned with the samples: index, label, pred, correct,
     correct_top5 (label among the 5 largest logits), confidence (max softmax probability) and finite (all logits finite; a
     sample with non-finite logits counts as wrong and is reported by the task).
+    ``extras`` is called after each forward pass and returns more per-sample
+    tensors (e.g. attention statistics captured by hooks) to keep alongside.
+
+    Under torch.distributed each rank takes every world-th batch and the
+    outcomes are gathered and re-ordered by sample index, so the result is the
+    same as in one process.
     """
     parts: dict[str, list] = {k: [] for k in ("index", "label", "pred", "correct", "correct_top5", "confidence",
                                               "finite")}
+    rank, world_size = distributed.world()
     bar = ctx.progress(total=ctx.num_samples, desc=desc)
     try:
-        for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, transform=ctx.transform):
+        batches = ctx.dataset.batches(ctx.batch_size, ctx.limit, transform=ctx.transform)
+        for i, (x, y, idx) in enumerate(batches):
+            if i % world_size != rank:
+                bar.update(len(y))
+                continue
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             if perturb is not None:
                 x = perturb(x, y, idx)
@@ -126,12 +143,16 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
                                ("correct_top5", correct_top5),
                                ("confidence", torch.nan_to_num(confidence, nan=0.0)), ("finite", finite)):
                 parts[key].append(value.cpu())
+            for key, value in (extras() if extras else {}).items():
+                parts.setdefault(key, []).append(value.cpu())
             bar.update(len(y))
     finally:
         bar.close()
-    if not parts["index"]:
+    local = {k: torch.cat(v).numpy() if v else np.empty(0) for k, v in parts.items()}
+    outcomes = distributed.gather_outcomes(local)
+    if not len(outcomes["index"]):
         raise ValueError(f"dataset {ctx.dataset.name} yielded no samples (limit={ctx.limit})")
-    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+    return outcomes
 
 
 def accuracy_metrics(outcomes: dict[str, np.ndarray], prefix: str = "") -> dict[str, float]:
