@@ -42,6 +42,11 @@ _demo = register(ModelSpec(
 ))
 register(cb_twin(_demo, "demo_vit_cb",
                  description="CB twin of demo_vit: same architecture, seed and recipe"))
+# More training seeds of both arms, for claims that need seed-to-seed spread.
+for _seed in (1, 2):
+    _base = register(dataclasses.replace(_demo, name=f"demo_vit_s{_seed}", seed=_seed,
+                                         description=f"demo_vit trained with seed {_seed}"))
+    register(cb_twin(_base, f"demo_vit_cb_s{_seed}", description=f"CB twin of demo_vit_s{_seed}"))
 
 # ImageNet-1k baselines with timm's weights (from the Hugging Face hub or its local cache).
 for _name, _arch, _desc in [

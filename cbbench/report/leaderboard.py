@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from cbbench.metrics import mcnemar_exact, paired_bootstrap_ci
+from cbbench.metrics import mcnemar_exact, paired_bootstrap_ci, seed_summary
 from cbbench.report.pairing import pair_of
 from cbbench.store import Cell, Store
 from cbbench.tasks import TASKS
@@ -91,6 +91,52 @@ def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: di
                 row["CB fixes / breaks"], row["McNemar p"] = "n/a", "n/a"
             rows.append(row)
     return rows
+
+
+def seed_group(spec: dict) -> str:
+    """Models that differ only in their training seed form one group (one arm of an experiment)."""
+    return json.dumps({k: v for k, v in spec.items() if k not in ("name", "description", "baseline", "seed")},
+                      sort_keys=True, default=list)
+
+
+def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], paired: list[dict]) -> list[dict]:
+    """Mean ± std across training seeds of each arm, and of the per-seed paired Δ of each CB arm."""
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        groups.setdefault(seed_group(specs[m]), []).append(m)
+    delta_by = {(r["comparison"], r["task"]): r["_delta"] for r in paired}
+    rows = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        cb = bool(specs[members[0]].get("cb"))
+        label = f"{members[0]} ×{len(members)} seeds" + (" (CB)" if cb else "")
+        row = {"arm": label, "seeds": ", ".join(str(specs[m]["seed"]) for m in members)}
+        for col in columns:
+            values = [cells[(m, col.task)].metrics.get(col.key) for m in members
+                      if (m, col.task) in cells and cells[(m, col.task)].status == "ok"]
+            row[col.header] = _mean_std(col, values)
+        rows.append(row)
+        bases = [pair_of(specs[m], specs) for m in members]
+        if cb and all(bases):
+            drow = {"arm": "Δ CB − baseline, per seed", "seeds": f"{len(members)} pairs"}
+            for col in columns:
+                deltas = [delta_by[(f"{m} − {b}", col.task)] for m, b in zip(members, bases)
+                          if (f"{m} − {b}", col.task) in delta_by]
+                drow[col.header] = _mean_std(col, deltas, signed=True)
+            rows.append(drow)
+    return rows
+
+
+def _mean_std(col: Column, values: list, signed: bool = False) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean, std, n = seed_summary(values)
+    scale, digits = (100, 1) if col.percent else (1, 3)
+    sign = "+" if signed else ""
+    spread = "" if n < 2 else f" ± {scale * std:.{digits}f}"
+    return f"{scale * mean:{sign}.{digits}f}{spread} (n={n})"
 
 
 def _latest(store: Store, suite: str):
@@ -176,6 +222,12 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
             lines += ["## Plots", ""]
             for caption, path in figures:
                 lines += [f"![{caption}]({plot_dir.name}/{path.name})", "", f"*{caption}*", ""]
+    seeds = seed_rows(cells, ordered, specs, columns, paired)
+    if seeds:
+        lines += ["## Across training seeds", "",
+                  "Mean ± sample standard deviation over the training seeds of each arm; the Δ row averages the "
+                  "per-seed paired differences (CB seed k minus baseline seed k).", "",
+                  tabulate(seeds, headers="keys", tablefmt="github", disable_numparse=True), ""]
     lines += _details(cells, ordered, tasks)
     lines += _protocols(tasks, cells)
     problems = [(m, t, c) for (m, t), c in cells.items() if c.status != "ok"]

@@ -1,0 +1,78 @@
+"""The rendered report on a fixed store (golden file), and the numbers behind its Δ columns."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbbench.models.zoo import MODELS
+from cbbench.report.leaderboard import render_suite
+from cbbench.store import Store
+
+GOLDEN = Path(__file__).parent / "golden" / "report.md"
+PROVENANCE = {"versions": {"cbbench": "0.1.0", "torch": "2.x"}, "python": "3.11", "device": "cpu (x86_64)",
+              "threads": 2, "date": "2026-01-01T00:00:00+00:00", "num_params": 150_000}
+
+
+def put(store, run_id, pos, model, task, metrics, samples, params=None):
+    spec = MODELS.get(model).to_dict()
+    key = f"{model}-{task}"
+    store.put(key=key, model=model, model_spec=spec, weights_digest="d", task=task, task_version=1,
+              task_params=params or {}, dataset="digits", limit=None, seed=0, status="ok", metrics=metrics,
+              samples=samples, provenance=PROVENANCE, wall_s=1.0)
+    store.add_run_cell(run_id, pos, key, model, task)
+
+
+def fixed_store(path) -> Store:
+    """Two seeds per arm; CB is right on 2 more images out of 8 for seed 0, 1 more for seed 1."""
+    store = Store(path)
+    run_id = store.start_run("fixture", {"suite": "fixture", "seed": 0})
+    rng = np.random.default_rng(0)
+    pos = 0
+    outcomes = {
+        "demo_vit": [1, 1, 1, 1, 0, 0, 0, 0], "demo_vit_cb": [1, 1, 1, 1, 1, 1, 0, 0],
+        "demo_vit_s1": [1, 1, 1, 0, 0, 0, 0, 0], "demo_vit_cb_s1": [1, 1, 1, 1, 0, 0, 0, 0],
+    }
+    for model, correct in outcomes.items():
+        correct = np.array(correct, bool)
+        put(store, run_id, pos, model, "clean", {"accuracy": correct.mean(), "nonfinite": 0.0},
+            {"correct": correct, "confidence": rng.uniform(0.5, 1, 8)})
+        pos += 1
+        entropy = np.full((8, 2, 2), 0.8 if "cb" not in model else 0.7, np.float32)
+        put(store, run_id, pos, model, "attention_entropy",
+            {"mean_entropy": float(entropy.mean()), "mean_cosine_to_uniform": 0.5, "mean_cls_attention": 0.1,
+             "entropy/layer0": 0.8, "entropy/layer1": float(entropy.mean())},
+            {"entropy": entropy, "correct": correct})
+        pos += 1
+    store.finish_run(run_id)
+    return store
+
+
+def test_rendered_report_matches_the_golden_file(tmp_path):
+    with fixed_store(tmp_path) as store:
+        markdown, summary, paired = render_suite(store, "fixture")
+    if os.environ.get("CBBENCH_UPDATE_GOLDEN"):
+        GOLDEN.write_text(markdown)
+    assert markdown == GOLDEN.read_text(), "rendering changed: review, then CBBENCH_UPDATE_GOLDEN=1 pytest ..."
+
+
+def test_delta_and_mcnemar_are_the_hand_computed_ones(tmp_path):
+    with fixed_store(tmp_path) as store:
+        markdown, summary, paired = render_suite(store, "fixture")
+    clean = [r for r in paired if r["task"] == "clean"]
+    assert [r["comparison"] for r in clean] == ["demo_vit_cb − demo_vit", "demo_vit_cb_s1 − demo_vit_s1"]
+    assert clean[0]["_delta"] == pytest.approx(0.25) and clean[1]["_delta"] == pytest.approx(0.125)
+    # 2 discordant images, both in CB's favour: exact two-sided p = 2 * 0.5**2 = 0.5
+    assert clean[0]["CB fixes / breaks"] == "2 / 0" and clean[0]["McNemar p"] == "0.5"
+    entropy = [r for r in paired if r["task"] == "attention_entropy"][0]
+    assert entropy["_delta"] == pytest.approx(-0.1, abs=1e-6) and entropy["McNemar p"] == "n/a"
+    # Across seeds: CB arm mean (75% + 50%) / 2 = 62.5; per-seed deltas +25 and +12.5 -> +18.8 ± 8.8
+    assert "| 62.5 ± 17.7 (n=2)" in markdown and "+18.8 ± 8.8 (n=2)" in markdown
+    assert list(summary["model"]) == ["demo_vit", "demo_vit_cb", "demo_vit_s1", "demo_vit_cb_s1"]
+
+
+def test_a_store_without_the_suite_renders_nothing(tmp_path):
+    with Store(tmp_path) as store:
+        assert render_suite(store, "robustness") is None
