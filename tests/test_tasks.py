@@ -164,3 +164,13 @@ def test_bad_attack_parameters_are_refused():
         LinfAttackTask(attack="pgd", eps="8")
     with pytest.raises(ValueError, match="unknown attack"):
         LinfAttackTask(attack="cw", eps="1/255")
+
+
+def test_cost_task_counts_parameters_and_times_the_pair_side_by_side():
+    base, cb = model(), model(cb=True)
+    result = TASKS.get("cost").evaluate(cb, ctx(limit=16, partner=base))
+    assert result.metrics["extra_params"] == 0 and result.metrics["num_params"] == sum(
+        p.numel() for p in base.parameters())
+    assert result.metrics["images_per_second"] > 0 and 0.2 < result.metrics["throughput_ratio"] < 5
+    alone = TASKS.get("cost").evaluate(base, ctx(limit=16))
+    assert "throughput_ratio" not in alone.metrics and alone.notes

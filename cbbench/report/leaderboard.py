@@ -78,6 +78,8 @@ def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: di
                 continue
             col = _column(task)
             xa, xb = per_sample(a), per_sample(b)
+            if xa is None or xb is None:  # e.g. throughput: no per-image outcome to pair
+                continue
             row = {"comparison": f"{model} − {base}", "task": task, "metric": col.header, "n": len(xa),
                    "percent": col.percent}
             delta, low, high = paired_bootstrap_ci(xa, xb, n_boot=2000, seed=0)
@@ -271,6 +273,22 @@ def _details(cells, models, tasks) -> list[str]:
                                  "attack success on clean-correct ↓": f"{100 * c.metrics['attack_success_rate']:.1f}"})
         if rows:
             lines += ["## Adversarial: accuracy (%)", "",
+                      tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    if "cost" in tasks:
+        rows = []
+        for m in models:
+            c = cells.get((m, "cost"))
+            if c and c.status == "ok":
+                mt = c.metrics
+                rows.append({"model": m, "parameters": f"{mt['num_params']:,.0f}",
+                             "extra vs pair": f"{mt['extra_params']:+,.0f}" if "extra_params" in mt else "–",
+                             "images/s": f"{mt['images_per_second']:.0f}",
+                             "pair images/s (interleaved)": f"{mt.get('partner_images_per_second', float('nan')):.0f}",
+                             "ratio ↑": f"{mt['throughput_ratio']:.3f}" if "throughput_ratio" in mt else "–"})
+        if rows:
+            lines += ["## Cost: parameters and inference throughput", "",
+                      "Each model is timed alternately with its pair on the same batch; on a busy machine the two "
+                      "ratios of a pair need not be reciprocal: read the spread as noise.", "",
                       tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
     if "attention_entropy" in tasks:
         ok = [(m, cells[(m, "attention_entropy")]) for m in models if (m, "attention_entropy") in cells
