@@ -76,3 +76,17 @@ def test_delta_and_mcnemar_are_the_hand_computed_ones(tmp_path):
 def test_a_store_without_the_suite_renders_nothing(tmp_path):
     with Store(tmp_path) as store:
         assert render_suite(store, "robustness") is None
+
+
+def test_claim_verdicts_need_the_whole_interval_on_one_side():
+    from cbbench.report.claims import cost_verdict, t_interval, verdict
+
+    mean, std, low, high = t_interval([0.02, 0.03, 0.025])
+    assert mean == pytest.approx(0.025) and std == pytest.approx(0.005)
+    assert (low, high) == pytest.approx((0.025 - 4.302653 * 0.005 / 3 ** 0.5, 0.025 + 4.302653 * 0.005 / 3 ** 0.5))
+    assert verdict(low, high, +1) == "**supported**" and verdict(low, high, -1) == "**contradicted**"
+    assert verdict(-0.01, 0.02, +1).startswith("insufficient")
+    assert verdict(*t_interval([0.1])[2:], +1).startswith("insufficient evidence (one seed")
+    assert cost_verdict(-0.02, 0.03).startswith("**supported**")
+    assert cost_verdict(-0.3, -0.1).startswith("**contradicted**")
+    assert cost_verdict(-0.3, 0.2).startswith("insufficient")

@@ -101,11 +101,16 @@ def seed_group(spec: dict) -> str:
                       sort_keys=True, default=list)
 
 
-def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], paired: list[dict]) -> list[dict]:
-    """Mean ± std across training seeds of each arm, and of the per-seed paired Δ of each CB arm."""
+def _seed_groups(models: list[str], specs: dict) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for m in models:
         groups.setdefault(seed_group(specs[m]), []).append(m)
+    return groups
+
+
+def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], paired: list[dict]) -> list[dict]:
+    """Mean ± std across training seeds of each arm, and of the per-seed paired Δ of each CB arm."""
+    groups = _seed_groups(models, specs)
     delta_by = {(r["comparison"], r["task"]): r["_delta"] for r in paired}
     rows = []
     for members in groups.values():
@@ -224,6 +229,15 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
             lines += ["## Plots", ""]
             for caption, path in figures:
                 lines += [f"![{caption}]({plot_dir.name}/{path.name})", "", f"*{caption}*", ""]
+    from cbbench.report.claims import claim_rows
+
+    claims = claim_rows(cells, specs) if any(len(g) > 1 for g in _seed_groups(ordered, specs).values()) else []
+    if claims:
+        lines += ["## The paper's claims against this run", "",
+                  "Each claim is judged from the per-seed paired differences (CB seed k − baseline seed k): mean, "
+                  "sample std and a 95% Student-t interval across seeds. **supported** / **contradicted** need the "
+                  "whole interval on one side of 0; anything else is reported as insufficient evidence.", "",
+                  tabulate(claims, headers="keys", tablefmt="github", disable_numparse=True), ""]
     seeds = seed_rows(cells, ordered, specs, columns, paired)
     if seeds:
         lines += ["## Across training seeds", "",
