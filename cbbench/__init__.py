@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "ContextBroadcast": "cbbench.cb",
     "add_context_broadcasting": "cbbench.cb",
+    "corrupt": "cbbench.corruptions",
     "load_model": "cbbench.models.build",
 }
 __all__ = sorted(_PUBLIC)

@@ -115,7 +115,7 @@ def cmd_train(args) -> int:
         def show(entry):
             print(f"{entry['model']} epoch {entry['epoch']}/{entry['epochs']}: loss {entry['loss']:.3f}, "
                   f"train acc {100 * entry['train_acc']:.1f}%, {entry['seconds']:.1f} s", file=sys.stderr)
-        train(spec, path, progress=show)
+        train(spec, path, progress=show, device=args.device)
         print(f"{name}: trained, checkpoint {path}")
     return 0
 
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*", default=["demo_vit", "demo_vit_cb"])
     p.add_argument("--checkpoints", help="checkpoint cache directory (or CBBENCH_CKPT)")
     p.add_argument("--force", action="store_true", help="retrain even if a checkpoint exists")
+    p.add_argument("--device", default="cpu", help="cpu (bit-for-bit reproducible), cuda, cuda:1 ...")
     p.set_defaults(func=cmd_train)
     return parser
 

@@ -73,33 +73,39 @@ def checkpoint_path(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -
 
 
 def trained_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None,
-                       progress: Callable[[dict], None] | None = None) -> Path:
+                       progress: Callable[[dict], None] | None = None, device: str | torch.device = "cpu") -> Path:
     """The cached checkpoint of ``spec``, training it first when absent."""
     path = checkpoint_path(spec, checkpoint_dir)
     if not path.is_file():
-        log.info("training %s (first use); checkpoint goes to %s", spec.name, path)
-        train(spec, path, progress=progress)
+        log.info("training %s (first use) on %s; checkpoint goes to %s", spec.name, device, path)
+        train(spec, path, progress=progress, device=device)
     return path
 
 
-def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = None) -> Path:
-    """Train ``spec`` with its recipe, checkpointing every epoch to ``out``.partial; resumes from it."""
+def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = None,
+          device: str | torch.device = "cpu") -> Path:
+    """Train ``spec`` with its recipe, checkpointing every epoch to ``out``.partial; resumes from it.
+
+    Bit-for-bit deterministic on CPU; on a GPU the same recipe runs faster but
+    float reductions may differ in the last bits.
+    """
     from cbbench.models.build import build_network
 
     recipe = RECIPES.get(spec.recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.pth")
     x_train, y_train = load_train_split(recipe.dataset)
-    net = build_network(spec)
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    device = torch.device(device)
+    net = build_network(spec).to(device)
+    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / recipe.batch_size)
     total, warmup = recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch
     history: list[dict] = []
     start_epoch = 0
     if partial.is_file():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
+        state = torch.load(partial, map_location=device, weights_only=True)
         net.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["log"]
@@ -112,8 +118,8 @@ def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = 
         loss_sum = correct = 0.0
         for i, start in enumerate(range(0, len(x_train), recipe.batch_size)):
             idx = order[start:start + recipe.batch_size]
-            x = random_shift(x_train[idx], recipe.max_shift, gen)
-            y = y_train[idx]
+            x = random_shift(x_train[idx], recipe.max_shift, gen).to(device, non_blocking=True)
+            y = y_train[idx].to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr)
             logits = net((x - mean) / std)
@@ -132,8 +138,9 @@ def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = 
                       "log": history}, partial)
         if progress:
             progress({"model": spec.name, "epochs": recipe.epochs, **entry})
-    _atomic_save({"state_dict": net.state_dict(), "spec": spec.identity(), "recipe": asdict(recipe),
-                  "log": history}, out)
+    state_dict = {k: v.cpu() for k, v in net.state_dict().items()}
+    _atomic_save({"state_dict": state_dict, "spec": spec.identity(), "recipe": asdict(recipe),
+                  "log": history, "device": str(device)}, out)
     partial.unlink(missing_ok=True)
     return out
 

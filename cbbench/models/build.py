@@ -74,7 +74,7 @@ def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu"
         elif spec.weights == "train":
             from cbbench.train import trained_checkpoint
 
-            path = trained_checkpoint(spec, checkpoint_dir)
+            path = trained_checkpoint(spec, checkpoint_dir, device=device)
             load_state_dict_checked(net, read_state_dict(path), str(path))
     model = Normalized(net, spec.mean, spec.std).eval().to(device)
     model.spec = spec

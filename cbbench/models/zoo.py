@@ -42,11 +42,19 @@ _demo = register(ModelSpec(
 ))
 register(cb_twin(_demo, "demo_vit_cb",
                  description="CB twin of demo_vit: same architecture, seed and recipe"))
-# More training seeds of both arms, for claims that need seed-to-seed spread.
-for _seed in (1, 2):
-    _base = register(dataclasses.replace(_demo, name=f"demo_vit_s{_seed}", seed=_seed,
-                                         description=f"demo_vit trained with seed {_seed}"))
-    register(cb_twin(_base, f"demo_vit_cb_s{_seed}", description=f"CB twin of demo_vit_s{_seed}"))
+# A larger size, for the claim that CB helps small models most.
+_small = register(dataclasses.replace(
+    _demo, name="demo_vit_small",
+    arch_kwargs=tuple(sorted({**dict(DEMO_ARCH_KWARGS), "depth": 6, "embed_dim": 96}.items())),
+    description="small ViT (6 blocks, dim 96, 0.47M params) trained by cbbench on digits"))
+register(cb_twin(_small, "demo_vit_small_cb", description="CB twin of demo_vit_small"))
+
+# More training seeds of every arm, for claims that need seed-to-seed spread.
+for _base_spec in (_demo, _small):
+    for _seed in (1, 2):
+        _base = register(dataclasses.replace(_base_spec, name=f"{_base_spec.name}_s{_seed}", seed=_seed,
+                                             description=f"{_base_spec.name} trained with seed {_seed}"))
+        register(cb_twin(_base, f"{_base_spec.name}_cb_s{_seed}", description=f"CB twin of {_base.name}"))
 
 # ImageNet-1k baselines with timm's weights (from the Hugging Face hub or its local cache).
 for _name, _arch, _desc in [
