@@ -257,24 +257,29 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
 
 def _details(cells, models, tasks) -> list[str]:
     lines = []
-    if "corruptions" in tasks:
-        ok = [(m, cells[(m, "corruptions")]) for m in models if (m, "corruptions") in cells
-              and cells[(m, "corruptions")].status == "ok"]
-        if ok:
-            params = ok[0][1].task_params
-            rows = []
-            for corruption in params["corruptions"]:
-                row = {"corruption": corruption}
-                for m, cell in ok:
+    for task in tasks:
+        ok = [(m, cells[(m, task)]) for m in models if (m, task) in cells and cells[(m, task)].status == "ok"
+              and "severities" in cells[(m, task)].task_params]
+        if not ok:
+            continue
+        params = ok[0][1].task_params
+        per_severity = len(ok) <= 2  # more models: one mean per corruption, or the table gets unreadable
+        rows = []
+        for corruption in params["corruptions"]:
+            row = {"corruption": corruption}
+            for m, cell in ok:
+                if per_severity:
                     for s in params["severities"]:
                         row[f"{m} s{s}"] = f"{100 * cell.metrics[f'accuracy/{corruption}/{s}']:.1f}"
-                    row[f"{m} mean"] = f"{100 * cell.metrics[f'accuracy/{corruption}']:.1f}"
-                rows.append(row)
-            lines += ["## Corruptions: top-1 (%) per corruption and severity ↑", "",
-                      "Generated on the fly from the test images (not a precomputed -C set).", "",
-                      tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
-            if ok[0][1].dataset == "digits":
-                lines += [DIGITS_NOTE, ""]
+                row[f"{m} mean" if per_severity else m] = f"{100 * cell.metrics[f'accuracy/{corruption}']:.1f}"
+            rows.append(row)
+        what = "per corruption and severity" if per_severity else "per corruption, mean over severities"
+        lines += [f"## `{task}`: top-1 (%) {what} ↑", "",
+                  f"Generated on the fly from the test images with {params.get('engine')} "
+                  "(not a precomputed -C set).", "",
+                  tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+        if ok[0][1].dataset == "digits":
+            lines += [DIGITS_NOTE, ""]
     attacks = [t for t in tasks if t in TASKS and getattr(TASKS.get(t), "attack", None)]
     if attacks:
         rows = []

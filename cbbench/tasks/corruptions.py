@@ -1,8 +1,10 @@
 """Common corruptions (ImageNet-C's 15 x 5) applied on the fly to the test images.
 
-The corruption functions are the reference ones (PyPI ``imagecorruptions`` 1.1.2,
-via cbbench.corruptions.reference), each image seeded by (seed, sample index),
-so the same inputs are produced whatever the batch size. Corrupted batches are
+Two engines: the reference functions (PyPI ``imagecorruptions`` 1.1.2, via
+cbbench.corruptions.reference, each image seeded by (seed, sample index), so the
+same inputs are produced whatever the batch size), or cbbench's batched torch
+engine (cbbench.corruptions.engine, faithful to the reference in value or in
+distribution, seeded by (seed, first index of the batch)). Corrupted batches are
 kept in a bounded in-memory cache, so the CB twin is evaluated on exactly the
 images its baseline saw without corrupting them twice.
 """
@@ -21,12 +23,22 @@ CACHE_BYTES = 512 * 2**20
 _cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
 
-def _corrupted(dataset: str, x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
-    key = (dataset, name, severity, seed, tuple(idx.tolist()))
+ENGINES = ("imagecorruptions-1.1.2", "cbbench-torch")
+
+
+def _corrupted(dataset: str, x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int,
+               engine: str = ENGINES[0]) -> torch.Tensor:
+    key = (dataset, engine, name, severity, seed, tuple(idx.tolist()))
     if key not in _cache:
-        out = reference_corrupt(x.cpu(), name, severity, seed, index_offset=int(idx[0]))
         assert torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + len(idx))), "batches must be contiguous"
-        _cache[key] = (out * 255).round().to(torch.uint8)
+        if engine == "cbbench-torch":
+            from cbbench.corruptions.engine import corrupt
+
+            batch_seed = int(np.random.SeedSequence([seed, int(idx[0])]).generate_state(1)[0])
+            out = corrupt(x, name, severity, torch.Generator(x.device).manual_seed(batch_seed), quantize=True)
+        else:
+            out = reference_corrupt(x.cpu(), name, severity, seed, index_offset=int(idx[0]))
+        _cache[key] = (out * 255).round().to(torch.uint8).cpu()
         while sum(t.numel() for t in _cache.values()) > CACHE_BYTES:
             _cache.popitem(last=False)
     _cache.move_to_end(key)
@@ -37,13 +49,29 @@ def _corrupted(dataset: str, x: torch.Tensor, idx: torch.Tensor, name: str, seve
 class CorruptionTask(Task):
     corruptions: tuple[str, ...] = tuple(BENCHMARK_CORRUPTIONS)
     severities: tuple[int, ...] = tuple(SEVERITIES)
-    engine: str = "imagecorruptions-1.1.2"
+    engine: str = ENGINES[0]
+    task_name: str = ""
 
-    name = "corruptions"
     version = 1
-    headline = Metric("mean_accuracy", "corruption acc. (mean 15x5)", True)
-    protocol = ("ImageNet-C corruptions generated on the fly with imagecorruptions 1.1.2 (uint8-quantized), "
-                "top-1 averaged over 15 corruptions x 5 severities; no AlexNet normalization")
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown corruption engine {self.engine!r}; choose one of {ENGINES}")
+
+    @property
+    def name(self) -> str:
+        return self.task_name or "corruptions"
+
+    @property
+    def headline(self) -> Metric:
+        label = "corruption acc. (mean 15x5)" if self.engine == ENGINES[0] else "corruption acc. (torch engine)"
+        return Metric("mean_accuracy", label, True)
+
+    @property
+    def protocol(self) -> str:
+        return (f"ImageNet-C corruptions generated on the fly with {self.engine} (uint8-quantized), top-1 "
+                f"averaged over {len(self.corruptions)} corruptions x {len(self.severities)} severities; "
+                "no AlexNet normalization")
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         samples: dict[str, np.ndarray] = {}
@@ -53,7 +81,7 @@ class CorruptionTask(Task):
             per_severity = []
             for s in self.severities:
                 def perturb(x, y, idx, c=c, s=s):
-                    return _corrupted(ctx.dataset.name, x, idx, c, s, ctx.seed)
+                    return _corrupted(ctx.dataset.name, x, idx, c, s, ctx.seed, self.engine)
 
                 out = ctx.part(f"{c}/{s}", lambda: run_batches(model, ctx, perturb, desc=f"{c} s{s}"))
                 for key in ("correct", "pred", "confidence"):
@@ -75,3 +103,4 @@ class CorruptionTask(Task):
 
 
 TASKS.register("corruptions", CorruptionTask())
+TASKS.register("corruptions_torch", CorruptionTask(engine="cbbench-torch", task_name="corruptions_torch"))
