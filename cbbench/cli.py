@@ -35,7 +35,7 @@ def cmd_run(args) -> int:
                   on_event=(lambda msg: print(msg, file=sys.stderr)) if main_rank else None)
     if not distributed.is_main():
         return EXIT_FAILED_CELLS if summary.failed else 0
-    files = write_reports(summary.results_dir, [args.suite])
+    files = write_reports(summary.results_dir, [summary.suite])
     counts = {s: sum(o.status == s for o in summary.outcomes) for s in ("ok", "cached", "skipped", "failed")}
     print(f"done in {time.perf_counter() - t0:.1f} s: {counts['ok']} computed, {counts['cached']} reused from "
           f"the store, {counts['skipped']} skipped, {counts['failed']} failed")
@@ -96,6 +96,22 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def cmd_datasets_check(args) -> int:
+    from tabulate import tabulate
+
+    from cbbench.data.check import check_datasets
+    from cbbench.paths import data_root
+
+    root = data_root(args.data_root)
+    if root is None:
+        print("error: no data root: pass --data-root DIR or set CBBENCH_DATA (see datasets/README.md)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    rows = check_datasets(root)
+    print(tabulate(rows, headers="keys", maxcolwidths=[None] * (len(rows[0]) - 1) + [70] if rows else None))
+    return 0
+
+
 def cmd_train(args) -> int:
     from cbbench.models.zoo import resolve
     from cbbench.train import checkpoint_path, train
@@ -148,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", help="list registered models, tasks, suites or datasets")
     p.add_argument("what", choices=["models", "tasks", "suites", "datasets"])
     p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("datasets", help="inspect datasets under a data root")
+    p.add_argument("action", choices=["check"], help="check: present / missing / incomplete, counting files")
+    p.add_argument("--data-root", help="root of the datasets (or CBBENCH_DATA)")
+    p.set_defaults(func=cmd_datasets_check)
 
     p = sub.add_parser("train", help="train demo models with their recipe into the checkpoint cache")
     p.add_argument("models", nargs="*", default=["demo_vit", "demo_vit_cb"])

@@ -53,6 +53,7 @@ class CellOutcome:
 class RunSummary:
     run_id: int
     results_dir: Path
+    suite: str
     outcomes: list[CellOutcome] = field(default_factory=list)
 
     @property
@@ -75,7 +76,10 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name} requested but no CUDA GPU is visible; use --device cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def provenance(device: torch.device) -> dict:
@@ -99,49 +103,46 @@ def provenance(device: torch.device) -> dict:
 def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], None] = None) -> RunSummary:
     """Execute ``config``; every finished cell is committed at once, so an interrupted run resumes."""
     say = on_event or (lambda msg: None)
+    data_root = resolve_data_root(config.data_root)
     suite = SUITES.get(config.suite)
+    if data_root is not None and suite.with_data_root and not (config.models or config.tasks):
+        say(f"data root {data_root} given: running suite {suite.with_data_root} (the data-backed "
+            f"counterpart of {suite.name})")
+        suite = SUITES.get(suite.with_data_root)
     specs = [resolve(name) for name in (config.models or suite.models)]
     tasks = [TASKS.get(name) for name in (config.tasks or suite.tasks)]
     device = distributed.local_device(pick_device(config.device))
     distributed.init_from_env(device.type)
-    data_root = resolve_data_root(config.data_root)
     results = resolve_results_dir(config.results)
     # Only rank 0 touches the store; the other ranks follow its decisions (distributed.from_main).
     store = Store(results) if distributed.is_main() else FollowerStore(results)
-    summary = RunSummary(distributed.from_main(store.start_run(suite.name, asdict(config))), results)
+    summary = RunSummary(distributed.from_main(store.start_run(suite.name, asdict(config))), results, suite.name)
     try:
         try:
             dataset, missing = load_dataset(suite.dataset, data_root), None
         except DatasetMissingError as exc:
             dataset, missing = None, str(exc)
-        models = {}
-        if not distributed.is_main():
-            distributed.barrier()  # rank 0 loads first: it trains demo models once, the others reuse them
-        for spec in specs:
-            say(f"loading model {spec.name}")
-            models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints)
-            if dataset is not None:
-                _check_classes(models[spec.name], dataset)
-        if distributed.is_main():
-            distributed.barrier()
+        models, unavailable = _load_models(specs, dataset, device, config, say)
         partners = _partners(models)
         base = provenance(device)
         position = 0
         for task in tasks:
             for spec in specs:
-                model = models[spec.name]
+                model = models.get(spec.name)
                 params = task.params()
                 if getattr(task, "uses_partner", False):  # e.g. transfer attacks: the source is part of the cell
                     partner = partners.get(spec.name)
                     params["partner"] = f"{partner.spec.name}@{partner.weights_digest}" if partner else None
-                key = cell_key(spec.identity(), model.weights_digest, task.name, task.version, params,
+                digest = model.weights_digest if model is not None else "unavailable"
+                key = cell_key(spec.identity(), digest, task.name, task.version, params,
                                suite.dataset, config.limit, config.seed)
-                ident = dict(key=key, model=spec.name, model_spec=spec.to_dict(), weights_digest=model.weights_digest,
+                ident = dict(key=key, model=spec.name, model_spec=spec.to_dict(), weights_digest=digest,
                              task=task.name, task_version=task.version, task_params=params,
                              dataset=suite.dataset, limit=config.limit, seed=config.seed)
-                if missing is not None:
-                    store.put(**ident, status="skipped", reason=missing)
-                    outcome = CellOutcome(spec.name, task.name, "skipped", missing)
+                skip = unavailable.get(spec.name) or (missing if not getattr(task, "own_dataset", False) else None)
+                if skip is not None:
+                    store.put(**ident, status="skipped", reason=skip)
+                    outcome = CellOutcome(spec.name, task.name, "skipped", skip)
                 elif distributed.from_main(store.has(key)) and not config.force:
                     outcome = CellOutcome(spec.name, task.name, "cached")
                 else:
@@ -157,6 +158,27 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
     finally:
         store.close()
     return summary
+
+
+def _load_models(specs, dataset, device, config, say) -> tuple[dict, dict[str, str]]:
+    """Load every model once. Weights that are not on disk make that model's cells skipped (with the
+    reason); a checkpoint that does not fit its model is an error, as is a class-count mismatch."""
+    models, unavailable = {}, {}
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 loads first: it trains demo models once, the others reuse them
+    for spec in specs:
+        say(f"loading model {spec.name}")
+        try:
+            models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints)
+        except FileNotFoundError as exc:
+            unavailable[spec.name] = f"weights unavailable: {exc}"
+            say(f"  skipping {spec.name}: {exc}")
+            continue
+        if dataset is not None:
+            _check_classes(models[spec.name], dataset)
+    if distributed.is_main():
+        distributed.barrier()
+    return models, unavailable
 
 
 def _check_classes(model, dataset) -> None:

@@ -116,8 +116,9 @@ def test_a_failing_task_is_reported_and_the_others_are_kept(demo_checkpoints, tm
     (["run", "--tasks", "fgms"], "Did you mean 'fgsm'"),
     (["run", "--data-root", "/no/such/dir"], "data root /no/such/dir does not exist"),
     (["run", "--models", "timm:deit small"], "cannot parse ad-hoc model"),
-    (["run", "--device", "cuda:7"] if not torch.cuda.is_available() else ["run", "--models", "deit_tiny"],
-     "no CUDA GPU" if not torch.cuda.is_available() else "not available offline"),
+    (["run", "--device", "tpu9"], "unknown device 'tpu9'"),
+    pytest.param(["run", "--device", "cuda:7"], "no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
 def test_bad_input_gets_one_clear_message(args, message, capsys):
     code, _, err = run_cli(capsys, *args)
@@ -160,3 +161,21 @@ def test_console_entry_point_lists_registries():
     out = subprocess.run([sys.executable, "-m", "cbbench", "ls", "tasks"], capture_output=True, text=True, check=True)
     for task in ("clean", "corruptions", "fgsm", "pgd", "pgd_strong", "attention_entropy"):
         assert task in out.stdout
+
+
+def test_with_a_data_root_the_default_suite_is_the_imagenet_one(tmp_path, capsys):
+    """Missing datasets and offline weights make skipped cells with their reasons, never numbers."""
+    (tmp_path / "data").mkdir()
+    code, out, err = run_cli(capsys, "run", "--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "r"))
+    assert code == 0 and "running suite robustness_imagenet" in err and "0 computed" in out
+    md = (tmp_path / "r" / "robustness_imagenet.md").read_text()
+    assert "`imagenet_a` on `deit_tiny`: **skipped**: weights unavailable" in md
+    assert "not available offline" in md and "| deit_small " in md
+
+
+def test_datasets_check(tmp_path, capsys):
+    (tmp_path / "imagenet-a" / "n01498041").mkdir(parents=True)
+    code, out, _ = run_cli(capsys, "datasets", "check", "--data-root", str(tmp_path))
+    assert code == 0 and re.search(r"imagenet_a +incomplete", out) and re.search(r"imagenet_val +missing", out)
+    code, _, err = run_cli(capsys, "datasets", "check")
+    assert code == 2 and "no data root" in err

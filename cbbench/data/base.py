@@ -55,3 +55,7 @@ DATASETS.register("digits", _digits_test)
 
 def load_dataset(name: str, data_root: Path | None = None) -> TensorDataset:
     return DATASETS.get(name)(data_root)
+
+
+# Importing the ImageNet family registers its datasets (it imports this module, so it comes last).
+from cbbench.data import imagenet  # noqa: E402,F401

@@ -76,7 +76,10 @@ def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu"
 
             path = trained_checkpoint(spec, checkpoint_dir, device=device)
             load_state_dict_checked(net, read_state_dict(path), str(path))
+    from cbbench.data.transforms import eval_transform_for
+
     model = Normalized(net, spec.mean, spec.std).eval().to(device)
+    model.eval_transform = eval_transform_for(net)  # for datasets read from image files
     model.spec = spec
     model.weights_digest = weights_digest(net)
     return model

@@ -16,6 +16,8 @@ class Suite:
     dataset: str
     models: tuple[str, ...]
     tasks: tuple[str, ...]
+    # The suite to run instead when a data root is given (the embedded default's ImageNet counterpart).
+    with_data_root: str | None = None
 
 
 def _load_all() -> Registry[Suite]:
@@ -23,11 +25,12 @@ def _load_all() -> Registry[Suite]:
     for entry in sorted(resources.files(__package__).iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".yaml"):
             data = yaml.safe_load(entry.read_text())
-            unknown = set(data) - {"name", "description", "dataset", "models", "tasks"}
+            unknown = set(data) - {"name", "description", "dataset", "models", "tasks", "with_data_root"}
             if unknown:
                 raise ValueError(f"suite file {entry.name}: unknown keys {sorted(unknown)}")
             registry.register(data["name"], Suite(data["name"], data.get("description", ""), data["dataset"],
-                                                  tuple(data["models"]), tuple(data["tasks"])))
+                                                  tuple(data["models"]), tuple(data["tasks"]),
+                                                  data.get("with_data_root")))
     return registry
 
 
