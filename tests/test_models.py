@@ -99,3 +99,14 @@ def test_spec_identity_ignores_names_but_not_the_network():
     assert tiny_spec().identity() == tiny_spec(name="other", description="x").identity()
     assert tiny_spec().identity() != tiny_spec(cb=True).identity()
     assert isinstance(load_model(tiny_spec()), Normalized)
+
+
+def test_zoo_cb_twin_loads_its_checkpoint_from_the_checkpoint_dir(tmp_path):
+    spec = MODELS.get("deit_tiny_cb")
+    assert spec.baseline == "deit_tiny" and spec.cb
+    with pytest.raises(FileNotFoundError, match=r"deit_tiny_cb\.pth.*timm:deit_tiny_patch16_224\+cb@"):
+        load_model(spec, checkpoint_dir=tmp_path)
+    net = build_network(ModelSpec(name="b", arch="deit_tiny_patch16_224", weights="random", seed=4))
+    torch.save(net.state_dict(), tmp_path / "deit_tiny_cb.pth")
+    model = load_model(spec, checkpoint_dir=tmp_path)
+    assert model.weights_digest == weights_digest(net)

@@ -56,6 +56,21 @@ def _timm_pretrained(spec: ModelSpec) -> nn.Module:
         ) from exc
 
 
+def resolve_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -> Path:
+    """A checkpoint path; ``cache:NAME`` means NAME inside the checkpoint dir (CBBENCH_CKPT or the user cache)."""
+    if spec.checkpoint.startswith("cache:"):
+        from cbbench.paths import checkpoint_dir as default_dir
+
+        path = Path(checkpoint_dir or default_dir()) / spec.checkpoint.removeprefix("cache:")
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model {spec.name} needs its checkpoint at {path} (a plain state_dict of {spec.arch}"
+                f"{' with CB' if spec.cb else ''}); put it there, set CBBENCH_CKPT, or pass "
+                f"timm:{spec.arch}{'+cb' if spec.cb else ''}@/path/to/checkpoint.pth")
+        return path
+    return Path(spec.checkpoint)
+
+
 def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu",
                checkpoint_dir: str | Path | None = None) -> Normalized:
     """Any zoo or ad-hoc model, built, with its weights, in eval mode, normalizing inside.
@@ -70,7 +85,8 @@ def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu"
     else:
         net = build_network(spec)
         if spec.weights == "file":
-            load_state_dict_checked(net, read_state_dict(spec.checkpoint), spec.checkpoint)
+            path = resolve_checkpoint(spec, checkpoint_dir)
+            load_state_dict_checked(net, read_state_dict(path), str(path))
         elif spec.weights == "train":
             from cbbench.train import trained_checkpoint
 

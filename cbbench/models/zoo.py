@@ -56,13 +56,19 @@ for _base_spec in (_demo, _small):
                                              description=f"{_base_spec.name} trained with seed {_seed}"))
         register(cb_twin(_base, f"{_base_spec.name}_cb_s{_seed}", description=f"CB twin of {_base.name}"))
 
-# ImageNet-1k baselines with timm's weights (from the Hugging Face hub or its local cache).
+# ImageNet-1k baselines with timm's weights (from the Hugging Face hub or its local cache), and
+# their CB twins, whose checkpoints (trained with CB; none is published) go in the checkpoint dir.
 for _name, _arch, _desc in [
     ("deit_tiny", "deit_tiny_patch16_224", "DeiT-Ti, ImageNet-1k (timm weights)"),
     ("deit_small", "deit_small_patch16_224", "DeiT-S, ImageNet-1k (timm weights)"),
     ("deit_base", "deit_base_patch16_224", "DeiT-B, ImageNet-1k (timm weights)"),
+    ("vit_small", "vit_small_patch16_224", "ViT-S/16, ImageNet-1k fine-tuned (timm weights)"),
+    ("vit_base", "vit_base_patch16_224", "ViT-B/16, ImageNet-1k fine-tuned (timm weights)"),
 ]:
-    register(ModelSpec(name=_name, arch=_arch, description=_desc))
+    _base = register(ModelSpec(name=_name, arch=_arch, description=_desc))
+    register(cb_twin(_base, f"{_name}_cb", weights="file", checkpoint=f"cache:{_name}_cb.pth",
+                     description=f"CB twin of {_name}: a state_dict trained with CB, at "
+                                 f"<checkpoint dir>/{_name}_cb.pth"))
 
 
 def resolve(name_or_spec: str | ModelSpec) -> ModelSpec:
