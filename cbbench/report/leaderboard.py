@@ -59,11 +59,12 @@ def _column(task_name: str) -> Column:
 
 
 def per_sample(cell: Cell) -> np.ndarray | None:
-    """The per-image quantity the headline averages: correctness, or mean attention entropy."""
-    samples = cell.samples
-    if "entropy" in samples:
-        return samples["entropy"].reshape(len(samples["entropy"]), -1).mean(axis=1)
-    return samples.get("correct")
+    """The per-image quantity whose mean is the headline (correctness, attention entropy, ECE share)."""
+    key = TASKS.get(cell.task).headline.samples if cell.task in TASKS else "correct"
+    values = cell.samples.get(key) if key else None
+    if values is None or values.ndim == 1:
+        return values
+    return values.reshape(len(values), -1).mean(axis=1)
 
 
 def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: dict, tasks: list[str]) -> list[dict]:
@@ -256,10 +257,13 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
 
 
 def _details(cells, models, tasks) -> list[str]:
+    from cbbench.tasks.corruptions import CorruptionTask
+
     lines = []
     for task in tasks:
-        ok = [(m, cells[(m, task)]) for m in models if (m, task) in cells and cells[(m, task)].status == "ok"
-              and "severities" in cells[(m, task)].task_params]
+        if not isinstance(TASKS.get(task) if task in TASKS else None, CorruptionTask):
+            continue
+        ok = [(m, cells[(m, task)]) for m in models if (m, task) in cells and cells[(m, task)].status == "ok"]
         if not ok:
             continue
         params = ok[0][1].task_params

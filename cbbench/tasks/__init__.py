@@ -2,6 +2,8 @@
 from cbbench.tasks.base import TASKS, Task, TaskContext, TaskResult
 
 # Importing the families registers their tasks.
-from cbbench.tasks import adversarial, attention, clean, corruptions, cost, imagenet  # noqa: E402,F401
+from cbbench.tasks import (  # noqa: E402,F401
+    adversarial, attention, calibration, clean, corruptions, cost, imagenet, transfer_learning,
+)
 
 __all__ = ["TASKS", "Task", "TaskContext", "TaskResult"]

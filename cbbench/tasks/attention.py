@@ -64,7 +64,7 @@ def record_attention(model: torch.nn.Module):
 class AttentionEntropyTask(Task):
     name = "attention_entropy"
     version = 1
-    headline = Metric("mean_entropy", "attn. entropy (H/log N)", None, percent=False)
+    headline = Metric("mean_entropy", "attn. entropy (H/log N)", None, percent=False, samples="entropy")
     protocol = ("mean over images, layers, heads and query rows of the post-softmax attention entropy "
                 "H/log N (1 = uniform); the paper claims CB lowers it")
 

@@ -25,6 +25,9 @@ class Metric:
     label: str
     higher_is_better: bool | None
     percent: bool = True
+    # The per-sample array whose mean over images is this metric (what paired statistics
+    # resample); arrays with more axes are averaged per image. None: no per-image form.
+    samples: str | None = "correct"
 
 
 @dataclass

@@ -35,7 +35,7 @@ class CostTask(Task):
     name = "cost"
     version = 1
     uses_partner = True
-    headline = Metric("throughput_ratio", "throughput vs pair (×)", True, percent=False)
+    headline = Metric("throughput_ratio", "throughput vs pair (×)", True, percent=False, samples=None)
 
     @property
     def protocol(self) -> str:
