@@ -110,3 +110,24 @@ def test_zoo_cb_twin_loads_its_checkpoint_from_the_checkpoint_dir(tmp_path):
     torch.save(net.state_dict(), tmp_path / "deit_tiny_cb.pth")
     model = load_model(spec, checkpoint_dir=tmp_path)
     assert model.weights_digest == weights_digest(net)
+
+
+def test_url_weights_are_downloaded_once_and_verified(tmp_path):
+    import hashlib
+
+    net = build_network(ModelSpec(name="b", arch="deit_tiny_patch16_224", weights="random", seed=5))
+    source = tmp_path / "published.pth"
+    torch.save(net.state_dict(), source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="sha256"):
+        parse_adhoc("timm:deit_tiny_patch16_224@https://example.invalid/w.pth")
+    url = f"https://example.invalid/weights/published.pth#sha256={digest[:16]}"
+    spec = parse_adhoc(f"timm:deit_tiny_patch16_224@{url}")
+    with pytest.raises(FileNotFoundError, match=r"downloads/published\.pth yourself"):
+        load_model(spec, checkpoint_dir=tmp_path / "ckpt")  # offline: one clear message
+    (tmp_path / "ckpt" / "downloads").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "ckpt" / "downloads" / "published.pth").write_bytes(source.read_bytes())
+    assert load_model(spec, checkpoint_dir=tmp_path / "ckpt").weights_digest == weights_digest(net)
+    bad = parse_adhoc(f"timm:deit_tiny_patch16_224@https://example.invalid/weights/published.pth#sha256=00ff")
+    with pytest.raises(CheckpointError, match="expected 00ff"):
+        load_model(bad, checkpoint_dir=tmp_path / "ckpt")

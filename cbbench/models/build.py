@@ -58,9 +58,11 @@ def _timm_pretrained(spec: ModelSpec) -> nn.Module:
 
 def resolve_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -> Path:
     """A checkpoint path; ``cache:NAME`` means NAME inside the checkpoint dir (CBBENCH_CKPT or the user cache)."""
-    if spec.checkpoint.startswith("cache:"):
-        from cbbench.paths import checkpoint_dir as default_dir
+    from cbbench.paths import checkpoint_dir as default_dir
 
+    if spec.weights == "url":
+        return download_checkpoint(spec, Path(checkpoint_dir or default_dir()))
+    if spec.checkpoint.startswith("cache:"):
         path = Path(checkpoint_dir or default_dir()) / spec.checkpoint.removeprefix("cache:")
         if not path.is_file():
             raise FileNotFoundError(
@@ -69,6 +71,32 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None
                 f"timm:{spec.arch}{'+cb' if spec.cb else ''}@/path/to/checkpoint.pth")
         return path
     return Path(spec.checkpoint)
+
+
+def download_checkpoint(spec: ModelSpec, directory: Path) -> Path:
+    """The URL's file in ``directory`` (downloaded once), verified against the spec's sha256."""
+    import hashlib
+    from urllib.parse import urlparse
+
+    from cbbench.errors import CheckpointError
+
+    path = directory / "downloads" / Path(urlparse(spec.checkpoint).path).name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".part")
+        try:
+            torch.hub.download_url_to_file(spec.checkpoint, str(tmp), progress=False)
+        except (OSError, ValueError) as exc:  # URLError is an OSError
+            tmp.unlink(missing_ok=True)
+            raise FileNotFoundError(
+                f"model {spec.name}: cannot download {spec.checkpoint} ({exc.__class__.__name__}: {exc}); "
+                f"offline, put the file at {path} yourself") from exc
+        tmp.replace(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(spec.sha256.lower()):
+        raise CheckpointError(f"model {spec.name}: {path} has sha256 {digest}, expected {spec.sha256}; "
+                              "delete the file to download it again, or fix the checksum")
+    return path
 
 
 def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu",
@@ -84,7 +112,7 @@ def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu"
         net = _timm_pretrained(spec)
     else:
         net = build_network(spec)
-        if spec.weights == "file":
+        if spec.weights in ("file", "url"):
             path = resolve_checkpoint(spec, checkpoint_dir)
             load_state_dict_checked(net, read_state_dict(path), str(path))
         elif spec.weights == "train":

@@ -9,7 +9,7 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SOURCES = ("timm", "file", "train", "random")
+WEIGHT_SOURCES = ("timm", "file", "url", "train", "random")
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,9 @@ class ModelSpec:
     """Everything needed to rebuild a model; CB models name their baseline explicitly.
 
     weights: "timm" (timm's pretrained weights, needs the hub or its cache),
-    "file" (``checkpoint``), "train" (trained by cbbench with ``recipe``, cached),
-    "random" (seeded initialisation, for tests).
+    "file" (``checkpoint``), "url" (``checkpoint`` is a URL; downloaded once into the
+    checkpoint dir and verified against ``sha256``), "train" (trained by cbbench with
+    ``recipe``, cached), "random" (seeded initialisation, for tests).
     """
 
     name: str
@@ -30,6 +31,7 @@ class ModelSpec:
     weights: str = "timm"
     checkpoint: str | None = None
     recipe: str | None = None
+    sha256: str | None = None
     seed: int = 0
     dataset: str = "imagenet"
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -39,8 +41,10 @@ class ModelSpec:
     def __post_init__(self):
         if self.weights not in WEIGHT_SOURCES:
             raise ValueError(f"model {self.name}: weights must be one of {WEIGHT_SOURCES}, not {self.weights!r}")
-        if self.weights == "file" and not self.checkpoint:
-            raise ValueError(f"model {self.name}: weights='file' needs a checkpoint path")
+        if self.weights in ("file", "url") and not self.checkpoint:
+            raise ValueError(f"model {self.name}: weights={self.weights!r} needs a checkpoint path or URL")
+        if self.weights == "url" and not self.sha256:
+            raise ValueError(f"model {self.name}: weights from a URL need their sha256 (append #sha256=HEX)")
         if self.weights == "train" and not self.recipe:
             raise ValueError(f"model {self.name}: weights='train' needs a training recipe")
 
@@ -67,7 +71,8 @@ def is_adhoc(name: str) -> bool:
 def parse_adhoc(name: str) -> ModelSpec:
     """``timm:deit_small_patch16_224+cb@/path/ckpt.pth`` -> a ModelSpec.
 
-    Without ``@CKPT`` the weights are timm's pretrained ones. An ad-hoc CB model
+    Without ``@CKPT`` the weights are timm's pretrained ones; ``@https://...#sha256=HEX``
+    downloads once into the checkpoint dir and checks the digest. An ad-hoc CB model
     is paired in reports with an ad-hoc baseline of the same architecture.
     """
     m = _ADHOC.match(name)
@@ -76,12 +81,16 @@ def parse_adhoc(name: str) -> ModelSpec:
             f"cannot parse ad-hoc model {name!r}; expected timm:ARCH[+cb][@CHECKPOINT], "
             "e.g. timm:deit_small_patch16_224+cb@/path/ckpt.pth"
         )
-    ckpt = m["ckpt"]
+    ckpt, sha256, weights = m["ckpt"], None, "file" if m["ckpt"] else "timm"
+    if ckpt and ckpt.startswith(("http://", "https://")):
+        ckpt, _, fragment = ckpt.partition("#sha256=")
+        weights, sha256 = "url", fragment or None
     return ModelSpec(
         name=name,
         arch=m["arch"],
         cb=bool(m["cb"]),
-        weights="file" if ckpt else "timm",
+        weights=weights,
         checkpoint=ckpt,
+        sha256=sha256,
         description="ad-hoc model from the command line",
     )
