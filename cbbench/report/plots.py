@@ -304,7 +304,7 @@ def plot_adversarial(cells, path) -> Path | None:
         ax.set_title(f"{t}: robust accuracy vs ε\n(ε = 0: clean accuracy)", fontsize=11)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper right", fontsize=8, framealpha=0.85)
-    fig.suptitle(f"White-box L∞ attacks{_dataset_note(attack)}: robust accuracy", fontsize=13)
+    fig.suptitle(f"L∞ attacks{_dataset_note(attack)}: robust accuracy", fontsize=13)
     return _save(fig, path)
 
 
@@ -443,7 +443,7 @@ def make_plots(cells, paired: list[dict], out_dir, prefix: str) -> list[tuple[st
         ("adversarial", lambda p: plot_adversarial(cells, p),
          "Robust accuracy (%) of each model against epsilon under white-box L∞ attacks, from clean accuracy "
          "at ε = 0." if sweep_only else
-         "Robust accuracy (%) of each model under each white-box L∞ attack, with the clean accuracy of the "
+         "Robust accuracy (%) of each model under each L∞ attack (white-box, or transferred from its pair), with the clean accuracy of the "
          "same images marked" + (" and epsilon sweeps drawn against ε." if has_sweep else ".")),
         ("attention", lambda p: plot_attention_entropy(cells, p),
          "Normalized attention entropy H/log N per transformer layer for each model (1 = uniform attention)."),
