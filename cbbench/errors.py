@@ -11,3 +11,7 @@ class StoreError(RuntimeError):
 
 class DatasetMissingError(FileNotFoundError):
     """The data of a dataset is not on disk; tasks needing it are skipped with this reason."""
+
+
+class CellNotApplicable(Exception):
+    """The task cannot apply to this model in this run (e.g. no paired model); recorded as skipped."""

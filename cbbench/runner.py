@@ -14,6 +14,7 @@ import torch
 
 from cbbench import distributed
 from cbbench.data.base import DatasetMissingError, load_dataset
+from cbbench.errors import CellNotApplicable
 from cbbench.models.build import load_model
 from cbbench.models.zoo import resolve
 from cbbench.paths import data_root as resolve_data_root
@@ -218,7 +219,7 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
     t0 = time.perf_counter()
     try:
         result = task.evaluate(model, ctx)
-    except DatasetMissingError as exc:
+    except (DatasetMissingError, CellNotApplicable) as exc:
         store.put(**ident, status="skipped", reason=str(exc))
         return CellOutcome(ident["model"], task.name, "skipped", str(exc))
     except Exception as exc:  # one failing cell must not lose the others; it is recorded and reported

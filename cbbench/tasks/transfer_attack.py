@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from cbbench.attacks.epsilon import validate_epsilon
+from cbbench.errors import CellNotApplicable
 from cbbench.tasks.adversarial import LinfAttackTask
 from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, accuracy_metrics, run_batches
 
@@ -68,7 +69,7 @@ class TransferAttackTask(Task):
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         if ctx.partner is None:
-            raise ValueError(
+            raise CellNotApplicable(
                 f"{self.name} crafts its adversarial examples on the paired model, but this run has no "
                 "baseline/CB pair for this model: run the model together with its baseline or CB twin")
         clean = run_batches(model, ctx, desc=f"{self.name} clean")
