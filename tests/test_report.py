@@ -90,3 +90,4 @@ def test_claim_verdicts_need_the_whole_interval_on_one_side():
     assert cost_verdict(-0.02, 0.03).startswith("**supported**")
     assert cost_verdict(-0.3, -0.1).startswith("**contradicted**")
     assert cost_verdict(-0.3, 0.2).startswith("insufficient")
+    assert cost_verdict(-0.107, -0.028).startswith("inconclusive: CB measurably slower")

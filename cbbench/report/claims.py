@@ -117,7 +117,9 @@ def cost_verdict(low: float, high: float, tolerance: float = 0.05) -> str:
         return f"**supported** (interval within ±{tolerance:.0%})"
     if high < -tolerance:
         return f"**contradicted** (CB slower by more than {tolerance:.0%})"
-    return "insufficient evidence (timing too noisy)"
+    if high < 0:
+        return f"inconclusive: CB measurably slower (interval below 0), not surely by more than {tolerance:.0%}"
+    return f"insufficient evidence (interval reaches beyond ±{tolerance:.0%})"
 
 
 def _ok(cells, model, task) -> bool:
