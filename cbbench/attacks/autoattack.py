@@ -137,15 +137,9 @@ def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
     eps_value = parse_budget(eps, norm)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    from cbbench.attacks.linf import _check_model
+    from cbbench.attacks.linf import check_attack_inputs
 
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError("images must be a floating-point tensor of shape (B, C, H, W) in [0, 1]")
-    labels = torch.as_tensor(labels, device=images.device)
-    if labels.shape != images.shape[:1] or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"labels must be integer class indices of shape ({images.shape[0]},), "
-                         f"got {labels.dtype} {tuple(labels.shape)}")
-    _check_model(model, images)
+    labels = check_attack_inputs(model, images, labels)
     if images.shape[0] == 0:
         return AutoAttackOutput(images.clone(), labels.clone())
     x0 = images.detach().to(torch.float32).clone()

@@ -128,15 +128,21 @@ def _check_model(model: nn.Module, images: torch.Tensor) -> None:
                              f"{images.device}: move them to the same device")
 
 
-def _run(attack, model, images, labels, eps) -> torch.Tensor:
-    eps = validate_epsilon(eps)
+def check_attack_inputs(model: nn.Module, images: torch.Tensor, labels) -> torch.Tensor:
+    """What every attack checks first (shapes, label type, eval mode, fp32, device); returns the labels tensor."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError("images must be a floating-point tensor of shape (B, 3, H, W) in [0, 1]")
+        raise ValueError("images must be a floating-point tensor of shape (B, C, H, W) in [0, 1]")
     labels = torch.as_tensor(labels, device=images.device)
     if labels.shape != images.shape[:1] or labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be integer class indices of shape ({images.shape[0]},), "
                          f"got {labels.dtype} {tuple(labels.shape)}")
     _check_model(model, images)
+    return labels
+
+
+def _run(attack, model, images, labels, eps) -> torch.Tensor:
+    eps = validate_epsilon(eps)
+    labels = check_attack_inputs(model, images, labels)
     if images.shape[0] == 0:
         return images.clone()
     with torch.inference_mode(False), torch.enable_grad(), \
