@@ -65,6 +65,24 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
+def train_step(net, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, lr: float,
+               label_smoothing: float, what: str) -> tuple[float, int]:
+    """One optimizer step at learning rate ``lr``; (summed loss, number correct) of the batch.
+
+    Shared by the demo training and fine-tuning, so both recipes run the same step.
+    """
+    for group in opt.param_groups:
+        group["lr"] = lr
+    logits = net(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what}: loss became {loss.item()}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item() * len(y), int((logits.argmax(1) == y).sum().item())
+
+
 def checkpoint_path(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -> Path:
     from cbbench.paths import checkpoint_dir as default_dir
 
@@ -120,17 +138,11 @@ def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = 
             idx = order[start:start + recipe.batch_size]
             x = random_shift(x_train[idx], recipe.max_shift, gen).to(device, non_blocking=True)
             y = y_train[idx].to(device, non_blocking=True)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr)
-            logits = net((x - mean) / std)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training {spec.name}: loss became {loss.item()} at epoch {epoch + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
+            batch_loss, batch_correct = train_step(
+                net, (x - mean) / std, y, opt, lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr),
+                recipe.label_smoothing, f"training {spec.name} at epoch {epoch + 1}")
+            loss_sum += batch_loss
+            correct += batch_correct
         entry = {"epoch": epoch + 1, "loss": loss_sum / len(x_train),
                  "train_acc": correct / len(x_train), "seconds": time.perf_counter() - t0}
         history.append(entry)

@@ -190,7 +190,7 @@ class LinearProbeTask(Task):
 def finetune_copy(model: nn.Module, train: ResizedTensorDataset, index: torch.Tensor, num_classes: int,
                   task: "FinetuneTask", run_seed: int, device: torch.device) -> tuple[nn.Module, list[dict]]:
     """A fine-tuned deep copy of ``model`` with a new head for ``num_classes``; ``model`` is left untouched."""
-    from cbbench.train import lr_at, random_shift
+    from cbbench.train import lr_at, random_shift, train_step
 
     tuned = copy.deepcopy(model)
     tuned.weights_digest = None  # the copy's weights are not the evaluated model's any more
@@ -217,17 +217,11 @@ def finetune_copy(model: nn.Module, train: ResizedTensorDataset, index: torch.Te
                 pick = order[start:start + task.batch_size]
                 x = random_shift(train.take(index[pick]), task.max_shift, gen).to(device)
                 y = labels[pick].to(device)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, task.lr)
-                logits = tuned(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=task.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"fine-tuning: loss became {loss.item()} at epoch {epoch + 1}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.item() * len(pick)
-                correct += (logits.argmax(1) == y).sum().item()
+                batch_loss, batch_correct = train_step(
+                    tuned, x, y, opt, lr_at(epoch * steps_per_epoch + i, total, warmup, task.lr),
+                    task.label_smoothing, f"fine-tuning at epoch {epoch + 1}")
+                loss_sum += batch_loss
+                correct += batch_correct
             history.append({"epoch": epoch + 1, "loss": loss_sum / len(index), "train_acc": correct / len(index)})
     return tuned.eval(), history
 
