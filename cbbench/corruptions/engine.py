@@ -26,6 +26,7 @@ from cbbench.corruptions.reference import (
     SEVERITIES,
     _check_name,
     _check_severity,
+    check_batch,
 )
 
 __all__ = [
@@ -127,15 +128,7 @@ def corrupt(
     """
     name = _check_name(name)
     severity = _check_severity(severity)
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise TypeError(
-            "images must be a floating-point torch.Tensor, got "
-            f"{getattr(images, 'dtype', type(images).__name__)}"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
-    if min(images.shape[-2:]) < 8:
-        raise ValueError(f"{name}: images must be at least 8x8, got {tuple(images.shape[-2:])}")
+    check_batch(images, name, 8)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if images.shape[0] == 0:

@@ -286,6 +286,20 @@ def _check_nonneg_int(value: Any, what: str) -> int:
     raise ValueError(f"{what} must be a non-negative int, got {value!r}")
 
 
+def check_batch(images: Any, name: str, min_size: int, why: str = "") -> None:
+    """Type, shape and size checks shared by this adapter and the torch engine."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise TypeError(
+            "images must be a floating-point torch.Tensor, got "
+            f"{getattr(images, 'dtype', type(images).__name__)}"
+        )
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    if h < min_size or w < min_size:
+        raise ValueError(f"{name}: images must be at least {min_size}x{min_size}{why}, got {h}x{w}")
+
+
 def _image_seed(seed: int, index: int) -> int:
     """32-bit seed for numpy's legacy global RNG from (seed, image index)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint32)[0])
@@ -352,19 +366,8 @@ def reference_corrupt(
     severity = _check_severity(severity)
     seed = _check_nonneg_int(seed, "seed")
     index_offset = _check_nonneg_int(index_offset, "index_offset")
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise TypeError(
-            "images must be a floating-point torch.Tensor, got "
-            f"{getattr(images, 'dtype', type(images).__name__)}"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    check_batch(images, name, MIN_SIZE, " (the reference requires it)")
     b, _, h, w = images.shape
-    if h < MIN_SIZE or w < MIN_SIZE:
-        raise ValueError(
-            f"{name}: images must be at least {MIN_SIZE}x{MIN_SIZE} (the reference "
-            f"requires it), got {h}x{w}"
-        )
     if b == 0:
         return images.detach().clone()
 
