@@ -457,3 +457,45 @@ def test_real_sample_images_through_the_val_dataset(sample_images, monkeypatch):
     assert x.shape == (16, 3, 224, 224) and x.dtype == torch.float32
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert y.tolist() == [reference.index(ds.relpath(i).split("/")[0]) for i in idx.tolist()] == list(range(16))
+
+
+# ----------------------------------------------------------------------------- RobustBench's 5,000-image list
+
+@pytest.fixture(scope="module")
+def rb_val(tmp_path_factory):
+    """A val folder holding RobustBench's 5,000 listed files (hard links to three pictures) plus one extra."""
+    val = tmp_path_factory.mktemp("rb") / "imagenet" / "val"
+    pictures = [save(val.parent / f"p{k}.JPEG", red=40 + 80 * k) for k in range(3)]
+    for i, rel in enumerate(classes.robustbench_imagenet_5000()):
+        (val / rel).parent.mkdir(parents=True, exist_ok=True)
+        (val / rel).hardlink_to(pictures[i % 3])
+    save(val / WNIDS[0] / "ILSVRC2012_val_99999999.JPEG")  # not listed: ignored
+    return val.parents[1]
+
+
+def test_robustbench_subset_keeps_the_list_order_and_labels(rb_val, tmp_path):
+    listed = classes.robustbench_imagenet_5000()
+    ds = load_dataset("imagenet_val_rb5000", rb_val)
+    assert len(ds) == 5000 and [ds.relpath(i) for i in (0, 1, 4999)] == [listed[0], listed[1], listed[4999]]
+    assert ds.labels[:3].tolist() == [IDX[p.split("/")[0]] for p in listed[:3]]
+    # A val folder missing a listed file is not RobustBench's subset: a clear error, not a smaller set.
+    partial = tmp_path / "imagenet" / "val"
+    for rel in listed[:10]:
+        (partial / rel).parent.mkdir(parents=True, exist_ok=True)
+        (partial / rel).hardlink_to(rb_val / "imagenet" / "val" / rel)
+    with pytest.raises(DatasetMissingError, match=r"lacks 4990 of the 5,000 images of RobustBench's list"):
+        load_dataset("imagenet_val_rb5000", tmp_path)
+
+
+def test_autoattack_imagenet_attacks_a_prefix_of_the_robustbench_list(rb_val):
+    task = TASKS.get("autoattack_imagenet")
+    assert task.own_dataset and task.params()["dataset"] == "imagenet_val_rb5000" and task.eps == "4/255"
+    net = Normalized(tiny_vit(num_classes=1000), *normalization_for(tiny_vit(num_classes=1000))).eval()
+    suite_data = load_dataset("digits")  # the suite's dataset is not what this task attacks
+    result = task.evaluate(net, ctx_for(rb_val, suite_data, limit=5))
+    listed = classes.robustbench_imagenet_5000()
+    assert result.metrics["num_images"] == 5
+    assert result.samples["index"].tolist() == list(range(5))
+    assert result.samples["label"].tolist() == [IDX[p.split("/")[0]] for p in listed[:5]]
+    assert result.metrics["accuracy"] <= result.metrics["clean_accuracy"]
+    assert "first 5000 images of imagenet_val_rb5000" in task.protocol

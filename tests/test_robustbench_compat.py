@@ -90,6 +90,15 @@ def test_imagenet_subset_is_the_fixed_5000():
     assert {i.split("/")[0] for i in ids} <= set(wnids)  # every entry is <ImageNet wnid>/<val file>
 
 
+def test_shipped_5000_list_and_labels_equal_robustbench():
+    """cbbench ships a copy of the list (for installs without robustbench) and uses the same labels."""
+    from cbbench.data import classes
+
+    assert list(classes.robustbench_imagenet_5000()) == imagenet_eval_subset()
+    helper = Path(importlib.util.find_spec("robustbench").submodule_search_locations[0]) / "helper_files"
+    assert json.loads((helper / "imagenet_class_to_id_map.json").read_text()) == dict(classes.wnid_to_index())
+
+
 def test_missing_checkpoint_raises_and_never_downloads(tmp_path, no_network):
     expected = tmp_path / "cifar10" / "corruptions" / "Hendrycks2020AugMix_WRN.pt"
     with pytest.raises(FileNotFoundError) as info:

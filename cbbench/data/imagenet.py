@@ -6,6 +6,7 @@ Where each one is looked for (first match wins):
 
     dataset          sub-folder under the data root               environment override
     imagenet_val     imagenet/val                                  CBBENCH_IMAGENET_VAL
+                     (imagenet_val_rb5000: RobustBench's 5,000 listed files of the same folder)
     imagenet_c       imagenet-c                                    CBBENCH_IMAGENET_C
     imagenet_a       imagenet-a                                    CBBENCH_IMAGENET_A
     imagenet_r       imagenet-r                                    CBBENCH_IMAGENET_R
@@ -142,6 +143,28 @@ def imagenet_val_subset(val: ImageFolderDataset, which: str) -> ImageFolderDatas
                         description=f"ImageNet val restricted to ImageNet-{which.upper()}'s 200 classes")
 
 
+def imagenet_val_robustbench(data_root: Path | None) -> ImageFolderDataset:
+    """RobustBench's 5,000 fixed val images (``classes.robustbench_imagenet_5000()``), in that list's order.
+
+    The list names files as ``<wnid>/ILSVRC2012_val_<n>.JPEG``, i.e. the standard
+    val folder layout; every listed file must be there (a partial subset would not
+    be RobustBench's), and extra val files are ignored.
+    """
+    root = require_dir("imagenet_val", data_root)
+    listed = classes.robustbench_imagenet_5000()
+    absent = [p for p in listed if not (root / p).is_file()]
+    if absent:
+        shown = ", ".join(absent[:3])
+        raise _missing("imagenet_val", data_root,
+                       f"lacks {len(absent)} of the 5,000 images of RobustBench's list (e.g. {shown}); the list "
+                       f"needs the original ILSVRC2012_val_<n>.JPEG file names in wnid folders")
+    index = classes.wnid_to_index()
+    return ImageFolderDataset(
+        name="imagenet_val_rb5000", root=root, paths=[str(root / p) for p in listed],
+        labels=torch.tensor([index[p.split("/")[0]] for p in listed], dtype=torch.long), num_classes=1000,
+        description="RobustBench's fixed 5,000 ImageNet val images, in its list order")
+
+
 def _two_hundred(name: str, wnids, data_root: Path | None) -> ImageFolderDataset:
     root = require_dir(name, data_root)
     label_of = {w: pos for pos, w in enumerate(wnids)}
@@ -227,7 +250,8 @@ def imagenet_c(data_root: Path | None) -> ImageNetC:
     return tree
 
 
-for _name, _factory in [("imagenet_val", imagenet_val), ("imagenet_c", imagenet_c), ("imagenet_a", imagenet_a),
+for _name, _factory in [("imagenet_val", imagenet_val), ("imagenet_val_rb5000", imagenet_val_robustbench),
+                        ("imagenet_c", imagenet_c), ("imagenet_a", imagenet_a),
                         ("imagenet_r", imagenet_r), ("imagenet_sketch", imagenet_sketch),
                         ("imagenet_v2", imagenet_v2)]:
     DATASETS.register(_name, _factory)

@@ -1,11 +1,12 @@
-"""AutoAttack on a fixed subset (the first ``n`` test images), resumable batch by batch.
+"""AutoAttack on a fixed subset of images, resumable batch by batch.
 
-Subset: the first ``n`` images of the suite's test set in its fixed order (and
-at most ``--limit``). On ImageNet the intended set is RobustBench's fixed list
-of 5,000 validation images (``cbbench.compat.robustbench.imagenet_eval_subset()``,
-in that file's order), so ``n`` <= 5000 selects a prefix of that list; the
-ImageNet loader that reads it does not exist yet. Budgets: Linf 8/255 for
-CIFAR/digits-like 32x32 data, Linf 4/255 for ImageNet (RobustBench).
+Subset: the first ``n`` images (at most ``--limit``) of a fixed order. With
+``dataset`` unset that is the suite's test set (digits, CIFAR...). On ImageNet
+(``autoattack_imagenet``) it is RobustBench's fixed list of 5,000 val images,
+dataset ``imagenet_val_rb5000`` read from the val folder in the list's order
+(cbbench/data/classes/robustbench_imagenet_5000.txt), so ``n`` <= 5000 selects a
+prefix of that list, as RobustBench does; the model's own eval transform applies.
+Budgets: Linf 8/255 for CIFAR/digits-like 32x32 data, Linf 4/255 for ImageNet (RobustBench).
 
 Each batch is one ``perturb`` call of ``run_batches`` and one stored part
 (``batch{i}[{start}:{stop}]``), holding the adversarial images that differ from
@@ -42,8 +43,10 @@ class AutoAttackTask(Task):
     n: int = 100
     attack: str = "autoattack"
     task_name: str = "autoattack"
+    # A dataset of its own (e.g. RobustBench's ImageNet list) instead of the suite's.
+    dataset: str | None = None
 
-    version = 1
+    version = 2
 
     def __post_init__(self):
         check_variant(self.variant)
@@ -54,6 +57,10 @@ class AutoAttackTask(Task):
     @property
     def name(self) -> str:
         return self.task_name
+
+    @property
+    def own_dataset(self) -> bool:
+        return self.dataset is not None
 
     @property
     def headline(self) -> Metric:
@@ -67,13 +74,18 @@ class AutoAttackTask(Task):
         what = ("AutoAttack standard" if self.variant == "standard"
                 else f"AutoAttack subset '{self.variant}' (NOT standard AutoAttack)")
         return (f"{what}: {' + '.join(VARIANTS[self.variant])}, {self.norm} eps={self.eps}, pyautoattack 0.2.0, "
-                f"the first {self.n} test images in the dataset's fixed order (at most --limit), per-image worst case; "
+                f"the first {self.n} images of {self.dataset or 'the test set'} in its fixed order (at most --limit), "
+                "per-image worst case; "
                 "eval mode, fp32 grads")
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         from cbbench.attacks import autoattack as aa  # pyautoattack and foolbox load only when attacking
 
         sub = dataclasses.replace(ctx, limit=self.n if ctx.limit is None else min(self.n, ctx.limit))
+        if self.dataset is not None:
+            from cbbench.tasks.imagenet import model_transform, resolve_dataset
+
+            sub = dataclasses.replace(sub, dataset=resolve_dataset(ctx, self.dataset), transform=model_transform(ctx))
         clean = run_batches(model, sub, desc=f"{self.name} clean")
         current: dict[str, torch.Tensor] = {}
         warnings: list[str] = []
@@ -104,6 +116,12 @@ class AutoAttackTask(Task):
         adv = run_batches(model, sub, perturb, desc=self.name, extras=lambda: {"autoattack_pred": current.pop(
             "autoattack_pred")})
         notes = [f"AutoAttack warning: {w}" for w in _gather_strings(warnings)]
+        if hasattr(sub.dataset, "corrupt_within"):
+            from cbbench.tasks.imagenet import corrupt_note
+
+            bad = sub.dataset.corrupt_within(sub.limit)
+            notes += corrupt_note(self.name, [sub.dataset.paths[i] for i in bad],
+                                  [sub.dataset.corrupt[i] for i in bad])
         robust = adv["correct"].astype(bool)
         clean_correct = clean["correct"].astype(bool)
         own = adv["autoattack_pred"]
@@ -160,6 +178,7 @@ def _gather_strings(items: list[str]) -> list[str]:
 for _task in (
     AutoAttackTask(variant="standard", eps="8/255", n=100, task_name="autoattack"),
     AutoAttackTask(variant="apgd", eps="8/255", n=100, task_name="autoattack_apgd"),
-    AutoAttackTask(variant="standard", eps="4/255", n=5000, task_name="autoattack_imagenet"),
+    AutoAttackTask(variant="standard", eps="4/255", n=5000, task_name="autoattack_imagenet",
+                   dataset="imagenet_val_rb5000"),
 ):
     TASKS.register(_task.name, _task)

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 __all__ = [
     "imagenet_wnids", "imagenet_class_names", "wnid_to_index",
-    "imagenet_a_wnids", "imagenet_r_wnids", "subset_indices",
+    "imagenet_a_wnids", "imagenet_r_wnids", "subset_indices", "robustbench_imagenet_5000",
 ]
 
 
@@ -71,3 +71,19 @@ def subset_indices(wnids: Sequence[str]) -> tuple[int, ...]:
     """Positions of ``wnids`` in the 1000-class list: the logits to keep (in this order)."""
     table = wnid_to_index()
     return tuple(table[w] for w in wnids)
+
+
+@lru_cache(maxsize=None)
+def robustbench_imagenet_5000() -> tuple[str, ...]:
+    """RobustBench's fixed ImageNet evaluation list: 5,000 ``<wnid>/<file>.JPEG`` val paths, in its order.
+
+    The order matters: RobustBench evaluates the first n of this list, so a prefix
+    here is the same prefix there.
+    """
+    paths = tuple(_read("robustbench_imagenet_5000.txt"))
+    known = wnid_to_index()
+    if len(paths) != 5000 or len(set(paths)) != 5000 or any(
+            p.count("/") != 1 or p.split("/")[0] not in known for p in paths):
+        raise RuntimeError("cbbench/data/classes/robustbench_imagenet_5000.txt: expected 5,000 unique "
+                           "'<ImageNet wnid>/<file>' lines")
+    return paths
