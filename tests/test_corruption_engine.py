@@ -294,3 +294,9 @@ def test_bad_arguments(digits32):
         corrupt(digits32[:, :1], "fog", 1)
     with pytest.raises(TypeError):
         corrupt((digits32 * 255).to(torch.uint8), "fog", 1)
+    with pytest.raises(ValueError, match=r"in \[0, 1\].*got values in"):
+        corrupt(digits32 * 255, "fog", 1)  # 0..255 floats
+    with pytest.raises(ValueError, match=r"not ImageNet-normalized"):
+        corrupt((digits32 - 0.45) / 0.225, "contrast", 1)
+    with pytest.raises(ValueError, match="NaN"):
+        corrupt(torch.full((1, 3, 32, 32), float("nan")), "contrast", 1)

@@ -298,6 +298,14 @@ def check_batch(images: Any, name: str, min_size: int, why: str = "") -> None:
     h, w = images.shape[-2:]
     if h < min_size or w < min_size:
         raise ValueError(f"{name}: images must be at least {min_size}x{min_size}{why}, got {h}x{w}")
+    if images.numel():
+        x = images.detach()
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("images contain NaN or inf")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"images must be in [0, 1] (un-normalized, not ImageNet-normalized), "
+                             f"got values in [{lo:.4g}, {hi:.4g}]")
 
 
 def _image_seed(seed: int, index: int) -> int:
@@ -377,13 +385,6 @@ def reference_corrupt(
     if x.dtype not in _NUMPY_FLOAT:
         x = x.float()  # bfloat16 and other dtypes numpy lacks
     x = x.cpu().numpy().astype(np.float64)
-    if not np.isfinite(x).all():
-        raise ValueError("images contain NaN or inf")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(
-            f"images must be in [0, 1] (un-normalized), got values in [{lo:.4g}, {hi:.4g}]"
-        )
     u8 = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
     from PIL import Image

@@ -26,18 +26,31 @@ _cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 ENGINES = ("imagecorruptions-1.1.2", "cbbench-torch")
 
 
+def corrupt_batch(x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int,
+                  engine: str = ENGINES[0]) -> torch.Tensor:
+    """Corrupt a batch of sample indices ``idx``, reproducibly from ``seed`` and those indices (uint8 grid).
+
+    Torch engine: one generator per batch, seeded by (seed, first index). Reference:
+    each image seeded by (seed, its own index), so gaps left by undecodable files
+    change nothing for the others.
+    """
+    if engine == "cbbench-torch":
+        from cbbench.corruptions.engine import corrupt
+
+        batch_seed = int(np.random.SeedSequence([seed, int(idx[0])]).generate_state(1)[0])
+        return corrupt(x, name, severity, torch.Generator(x.device).manual_seed(batch_seed), quantize=True)
+    if torch.equal(idx.cpu(), torch.arange(int(idx[0]), int(idx[0]) + len(idx))):
+        return reference_corrupt(x.cpu(), name, severity, seed, index_offset=int(idx[0])).to(x.device)
+    return torch.cat([reference_corrupt(x[j:j + 1].cpu(), name, severity, seed, index_offset=int(i))
+                      for j, i in enumerate(idx.tolist())]).to(x.device)
+
+
 def _corrupted(dataset: str, x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int,
                engine: str = ENGINES[0]) -> torch.Tensor:
+    """``corrupt_batch`` through a bounded cache: a CB twin sees exactly its baseline's images, corrupted once."""
     key = (dataset, engine, name, severity, seed, tuple(idx.tolist()))
     if key not in _cache:
-        assert torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + len(idx))), "batches must be contiguous"
-        if engine == "cbbench-torch":
-            from cbbench.corruptions.engine import corrupt
-
-            batch_seed = int(np.random.SeedSequence([seed, int(idx[0])]).generate_state(1)[0])
-            out = corrupt(x, name, severity, torch.Generator(x.device).manual_seed(batch_seed), quantize=True)
-        else:
-            out = reference_corrupt(x.cpu(), name, severity, seed, index_offset=int(idx[0]))
+        out = corrupt_batch(x, idx, name, severity, seed, engine)
         _cache[key] = (out * 255).round().to(torch.uint8).cpu()
         while sum(t.numel() for t in _cache.values()) > CACHE_BYTES:
             _cache.popitem(last=False)

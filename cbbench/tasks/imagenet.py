@@ -228,6 +228,26 @@ class ImageNetCTask(Task):
     )
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
+        cell, holdout, notes = self._cells(model, ctx)
+        eval_tf = model_transform(ctx)
+
+        def clean():
+            val = resolve_dataset(ctx, "imagenet_val")
+            return _slim(_evaluate(model, ctx, val, eval_tf, "imagenet val (clean)")[0], val, ctx.limit)
+
+        parts = {"clean": ctx.part("clean", clean)}
+        evaluated = [*self.corruptions, *holdout]
+        for c in evaluated:
+            for s in self.severities:
+                parts[(c, s)] = ctx.part(f"{c}/{s}", lambda c=c, s=s: cell(c, s))
+        return self._aggregate(parts, evaluated, notes)
+
+    def _cells(self, model, ctx: TaskContext) -> tuple[Callable[[str, int], dict], list[str], list[str]]:
+        """(cell(corruption, severity) -> slim outcomes, held-out corruptions to evaluate, notes).
+
+        The one place where precomputed and generated ImageNet-C differ: here, the
+        stored JPEG cells of the tree, evaluated as stored.
+        """
         tree = resolve_dataset(ctx, "imagenet_c")
         needed = [(c, s) for c in self.corruptions for s in self.severities]
         missing = [f"{c}/{s}" for c, s in needed if not tree.has_cell(c, s)]
@@ -235,7 +255,7 @@ class ImageNetCTask(Task):
             raise DatasetMissingError(
                 f"ImageNet-C at {tree.root} lacks {len(missing)} of the {len(needed)} benchmark cells "
                 f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}); the mCE needs all of them. "
-                f"See datasets/imagenet_c.md"
+                f"See datasets/imagenet_c.md, or use the task imagenet_c_generated (made from ImageNet val)"
             )
         holdout = [c for c in self.holdout if all(tree.has_cell(c, s) for s in self.severities)]
         notes = []
@@ -243,13 +263,6 @@ class ImageNetCTask(Task):
             absent = [c for c in self.holdout if c not in holdout]
             notes.append(f"held-out corruptions not found, not evaluated: {', '.join(absent)} "
                          f"(they are not part of the mCE)")
-
-        eval_tf = model_transform(ctx)
-
-        def clean():
-            val = resolve_dataset(ctx, "imagenet_val")
-            return _slim(_evaluate(model, ctx, val, eval_tf, "imagenet val (clean)")[0], val, ctx.limit)
-
         no_resize = to_tensor_only()
 
         def cell(c: str, s: int):
@@ -258,12 +271,7 @@ class ImageNetCTask(Task):
                 ds.num_workers = ctx.num_workers
             return _slim(_evaluate(model, ctx, ds, no_resize, f"{c} s{s}")[0], ds, ctx.limit)
 
-        parts = {"clean": ctx.part("clean", clean)}
-        evaluated = [*self.corruptions, *holdout]
-        for c in evaluated:
-            for s in self.severities:
-                parts[(c, s)] = ctx.part(f"{c}/{s}", lambda c=c, s=s: cell(c, s))
-        return self._aggregate(parts, evaluated, notes)
+        return cell, holdout, notes
 
     def _aggregate(self, parts: dict, evaluated: list[str], notes: list[str]) -> TaskResult:
         metrics: dict[str, float] = {}
