@@ -1,10 +1,14 @@
-"""Training the demo models: a small DeiT-spirited recipe, deterministic on CPU and resumable.
+"""Training the demo and CIFAR models: a small DeiT-spirited recipe, deterministic on CPU and resumable.
 
 AdamW, linear warmup then cosine decay (set per step, so resuming needs no
-scheduler state), label smoothing, random shifts as light augmentation. Data
-order and augmentation come from a generator seeded by (seed, epoch), so an
-interrupted run resumes from its last epoch checkpoint and ends with the same
-weights as an uninterrupted one.
+scheduler state), label smoothing, random shifts (zero padding, i.e. the usual
+CIFAR "pad and random crop") and, for natural images, random horizontal flips as
+light augmentation. Data order and augmentation come from a generator seeded by
+(seed, epoch), so an interrupted run resumes from its last epoch checkpoint and
+ends with the same weights as an uninterrupted one.
+
+Digits are embedded; CIFAR-10/100 are read from the data root (``--data-root`` /
+CBBENCH_DATA, see cbbench/data/cifar.py), kept uint8 and converted per batch.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from cbbench.errors import DatasetMissingError
 from cbbench.models.spec import ModelSpec
 from cbbench.registry import Registry
 
@@ -35,18 +40,40 @@ class Recipe:
     warmup_epochs: int = 2
     label_smoothing: float = 0.1
     max_shift: int = 3
+    hflip: bool = False  # random horizontal flips: right for natural images, not for digits
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
 RECIPES.register("digits_tiny", Recipe(dataset="digits", epochs=30))
+# CIFAR from scratch: 100 epochs (a GPU job: docs/paper.md has the measured CPU cost), batch 128,
+# lr 1e-3 and 5 warmup epochs as in ViT-for-small-datasets recipes; pad-4 shifts and flips.
+for _dataset in ("cifar10", "cifar100"):
+    RECIPES.register(f"{_dataset}_tiny", Recipe(dataset=_dataset, epochs=100, batch_size=128, lr=1e-3,
+                                                warmup_epochs=5, max_shift=4, hflip=True))
 
 
-def load_train_split(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_train_split(dataset: str, data_root: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images (N, 3, 32, 32) and labels (N,) int64 of ``dataset``.
+
+    Digits come as float [0,1]; CIFAR as uint8 (150 MB instead of 600 MB of float32),
+    which the training loop converts per batch (``unit_float``). ``data_root`` (None:
+    CBBENCH_DATA) is only read for datasets that live there.
+    """
     if dataset == "digits":
         from cbbench.data.digits import load_digits_split
 
         return load_digits_split("train")
-    raise ValueError(f"no training data loader for dataset {dataset!r}; available: digits")
+    from cbbench.data.cifar import CIFAR, load_cifar
+
+    if dataset in CIFAR:
+        ds = load_cifar(dataset, "train", data_root)
+        return ds.images, ds.labels
+    raise ValueError(f"no training data loader for dataset {dataset!r}; available: digits, {', '.join(CIFAR)}")
+
+
+def unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 [0,1] (as the CIFAR eval batches); float images unchanged."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
@@ -63,6 +90,12 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     padded = F.pad(x, (max_shift,) * 4)
     offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2, drawn from ``generator`` (deterministic)."""
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def train_step(net, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, lr: float,
@@ -91,28 +124,33 @@ def checkpoint_path(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -
 
 
 def trained_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None,
-                       progress: Callable[[dict], None] | None = None, device: str | torch.device = "cpu") -> Path:
-    """The cached checkpoint of ``spec``, training it first when absent."""
+                       progress: Callable[[dict], None] | None = None, device: str | torch.device = "cpu",
+                       data_root: str | Path | None = None) -> Path:
+    """The cached checkpoint of ``spec``, training it first when absent (CIFAR needs ``data_root``)."""
     path = checkpoint_path(spec, checkpoint_dir)
     if not path.is_file():
         log.info("training %s (first use) on %s; checkpoint goes to %s", spec.name, device, path)
-        train(spec, path, progress=progress, device=device)
+        train(spec, path, progress=progress, device=device, data_root=data_root)
     return path
 
 
 def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = None,
-          device: str | torch.device = "cpu") -> Path:
+          device: str | torch.device = "cpu", data_root: str | Path | None = None) -> Path:
     """Train ``spec`` with its recipe, checkpointing every epoch to ``out``.partial; resumes from it.
 
     Bit-for-bit deterministic on CPU; on a GPU the same recipe runs faster but
-    float reductions may differ in the last bits.
+    float reductions may differ in the last bits. ``data_root`` (None: CBBENCH_DATA)
+    is where CIFAR is read from; digits ignore it.
     """
     from cbbench.models.build import build_network
 
     recipe = RECIPES.get(spec.recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.pth")
-    x_train, y_train = load_train_split(recipe.dataset)
+    try:
+        x_train, y_train = load_train_split(recipe.dataset, data_root)
+    except DatasetMissingError as exc:
+        raise DatasetMissingError(f"cannot train {spec.name} (recipe {spec.recipe}): {exc}") from exc
     device = torch.device(device)
     net = build_network(spec).to(device)
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
@@ -136,7 +174,10 @@ def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = 
         loss_sum = correct = 0.0
         for i, start in enumerate(range(0, len(x_train), recipe.batch_size)):
             idx = order[start:start + recipe.batch_size]
-            x = random_shift(x_train[idx], recipe.max_shift, gen).to(device, non_blocking=True)
+            x = random_shift(unit_float(x_train[idx]), recipe.max_shift, gen)
+            if recipe.hflip:
+                x = random_hflip(x, gen)
+            x = x.to(device, non_blocking=True)
             y = y_train[idx].to(device, non_blocking=True)
             batch_loss, batch_correct = train_step(
                 net, (x - mean) / std, y, opt, lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr),

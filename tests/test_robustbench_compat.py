@@ -166,3 +166,43 @@ def test_hub_only_models_are_refused(tmp_path, no_network, name, dataset, threat
     # robustbench fetches these with timm's / torchvision's pretrained=True, whatever is on disk.
     with pytest.raises(ValueError, match="never downloads"):
         load_local_model(name, dataset=dataset, threat_model=threat_model, model_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- RobustBench entries as zoo rows
+
+def test_robustbench_zoo_row_loads_its_local_checkpoint_and_preprocessing(tmp_path, no_network):
+    from cbbench.models.build import load_model
+
+    rb = import_robustbench()
+    enums = rb.model_zoo.enums
+    reference = rb.model_zoo.model_dicts[enums.BenchmarkDataset.imagenet][enums.ThreatModel.corruptions][
+        "Hendrycks2020AugMix"]["model"]()
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=gen) * 0.02 if v.is_floating_point() and "running_var" not in k else v
+             for k, v in reference.model.state_dict().items()}
+    path = tmp_path / "robustbench" / "imagenet" / "corruptions" / "Hendrycks2020AugMix.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": state}, path)
+
+    model = load_model("rb_augmix_r50", checkpoint_dir=tmp_path)
+    assert model.spec.weights == "robustbench" and model.spec.mean == (0.0, 0.0, 0.0)  # it normalizes inside
+    reference.model.load_state_dict(state)
+    x = torch.rand(2, 3, 224, 224, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference.eval()(x))
+    steps = [type(t).__name__ for t in model.eval_transform.transforms]
+    assert steps == ["Resize", "CenterCrop", "ToTensor"]  # the entry's own Res256Crop224
+    assert model.eval_transform.transforms[0].size == 256
+
+
+def test_robustbench_rows_without_their_file_name_the_exact_path(tmp_path, no_network):
+    from cbbench.models.build import load_model
+    from cbbench.models.spec import parse_adhoc
+
+    expected = tmp_path / "robustbench" / "imagenet" / "Linf" / "Mo2022When_ViT-B.pt"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(expected))):
+        load_model("rb_mo2022_vit_b", checkpoint_dir=tmp_path)
+    spec = parse_adhoc("robustbench:imagenet/Linf/Mo2022When_Swin-B")
+    assert (spec.arch, spec.checkpoint, spec.weights) == ("Mo2022When_Swin-B", "imagenet/Linf", "robustbench")
+    with pytest.raises(ValueError, match="expected robustbench:DATASET/THREAT/NAME"):
+        parse_adhoc("robustbench:Mo2022When_Swin-B")

@@ -57,5 +57,5 @@ def load_dataset(name: str, data_root: Path | None = None) -> TensorDataset:
     return DATASETS.get(name)(data_root)
 
 
-# Importing the ImageNet family registers its datasets (it imports this module, so it comes last).
-from cbbench.data import imagenet  # noqa: E402,F401
+# Importing the ImageNet family and CIFAR registers their datasets (they import this module, so they come last).
+from cbbench.data import cifar, imagenet  # noqa: E402,F401

@@ -56,6 +56,35 @@ def _timm_pretrained(spec: ModelSpec) -> nn.Module:
         ) from exc
 
 
+def robustbench_dir(checkpoint_dir: str | Path | None = None) -> Path:
+    """Where RobustBench checkpoints are looked for: robustbench's own layout under the checkpoint dir."""
+    from cbbench.paths import checkpoint_dir as default_dir
+
+    return Path(checkpoint_dir or default_dir()) / "robustbench"
+
+
+def _robustbench(spec: ModelSpec, checkpoint_dir: str | Path | None):
+    """(network, eval transform) of a RobustBench zoo entry from its local checkpoint; never downloads.
+
+    The network takes [0,1] images and normalizes inside (RobustBench's convention);
+    the transform is the entry's own preprocessing (e.g. Res256Crop224).
+    """
+    from cbbench.compat import robustbench as rbc
+
+    dataset, threat = spec.checkpoint.split("/")
+    try:
+        rb = rbc.import_robustbench()
+    except ImportError as exc:  # a skipped cell with the install command, like a missing file
+        raise FileNotFoundError(f"model {spec.name} needs the optional robustbench install: {exc}") from exc
+    net = rbc.load_local_model(spec.arch, dataset=dataset, threat_model=threat, model_dir=robustbench_dir(checkpoint_dir))
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    ds, tm = BenchmarkDataset(dataset), ThreatModel(threat)
+    zoo_threat = ThreatModel(tm.value.replace("_3d", ""))
+    preprocessing = rb.model_zoo.model_dicts[ds][zoo_threat][spec.arch].get("preprocessing")
+    return net, rb.data.get_preprocessing(ds, tm, spec.arch, preprocessing)
+
+
 def resolve_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -> Path:
     """A checkpoint path; ``cache:NAME`` means NAME inside the checkpoint dir (CBBENCH_CKPT or the user cache)."""
     from cbbench.paths import checkpoint_dir as default_dir
@@ -100,15 +129,19 @@ def download_checkpoint(spec: ModelSpec, directory: Path) -> Path:
 
 
 def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu",
-               checkpoint_dir: str | Path | None = None) -> Normalized:
+               checkpoint_dir: str | Path | None = None, data_root: str | Path | None = None) -> Normalized:
     """Any zoo or ad-hoc model, built, with its weights, in eval mode, normalizing inside.
 
-    Demo models (weights="train") are trained on first use and cached in
-    ``checkpoint_dir`` (default: the user cache dir, or CBBENCH_CKPT).
+    Demo and CIFAR models (weights="train") are trained on first use and cached in
+    ``checkpoint_dir`` (default: the user cache dir, or CBBENCH_CKPT); CIFAR ones read
+    their training data from ``data_root`` (default: CBBENCH_DATA).
     The returned module carries ``spec`` and ``weights_digest`` attributes.
     """
     spec = resolve(name_or_spec)
-    if spec.weights == "timm":
+    eval_transform = None
+    if spec.weights == "robustbench":
+        net, eval_transform = _robustbench(spec, checkpoint_dir)
+    elif spec.weights == "timm":
         net = _timm_pretrained(spec)
     else:
         net = build_network(spec)
@@ -118,12 +151,12 @@ def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu"
         elif spec.weights == "train":
             from cbbench.train import trained_checkpoint
 
-            path = trained_checkpoint(spec, checkpoint_dir, device=device)
+            path = trained_checkpoint(spec, checkpoint_dir, device=device, data_root=data_root)
             load_state_dict_checked(net, read_state_dict(path), str(path))
     from cbbench.data.transforms import eval_transform_for
 
     model = Normalized(net, spec.mean, spec.std).eval().to(device)
-    model.eval_transform = eval_transform_for(net)  # for datasets read from image files
+    model.eval_transform = eval_transform or eval_transform_for(net)  # for datasets read from image files
     model.spec = spec
     model.weights_digest = weights_digest(net)
     return model

@@ -56,5 +56,5 @@ def weights_digest(net: nn.Module) -> str:
     for key, tensor in sorted(net.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()[:16]

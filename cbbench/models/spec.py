@@ -9,7 +9,7 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SOURCES = ("timm", "file", "url", "train", "random")
+WEIGHT_SOURCES = ("timm", "file", "url", "train", "random", "robustbench")
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,10 @@ class ModelSpec:
     weights: "timm" (timm's pretrained weights, needs the hub or its cache),
     "file" (``checkpoint``), "url" (``checkpoint`` is a URL; downloaded once into the
     checkpoint dir and verified against ``sha256``), "train" (trained by cbbench with
-    ``recipe``, cached), "random" (seeded initialisation, for tests).
+    ``recipe``, cached), "random" (seeded initialisation, for tests), "robustbench" (a
+    RobustBench zoo entry ``arch`` for ``checkpoint`` = "<dataset>/<threat model>", from a
+    local checkpoint under ``<checkpoint dir>/robustbench/``; such models normalize inside,
+    so mean 0 and std 1 here).
     """
 
     name: str
@@ -45,6 +48,9 @@ class ModelSpec:
             raise ValueError(f"model {self.name}: weights={self.weights!r} needs a checkpoint path or URL")
         if self.weights == "url" and not self.sha256:
             raise ValueError(f"model {self.name}: weights from a URL need their sha256 (append #sha256=HEX)")
+        if self.weights == "robustbench" and (not self.checkpoint or self.checkpoint.count("/") != 1):
+            raise ValueError(f"model {self.name}: robustbench weights need checkpoint='<dataset>/<threat model>', "
+                             f"e.g. 'imagenet/Linf', not {self.checkpoint!r}")
         if self.weights == "train" and not self.recipe:
             raise ValueError(f"model {self.name}: weights='train' needs a training recipe")
 
@@ -64,8 +70,22 @@ class ModelSpec:
 _ADHOC = re.compile(r"^timm:(?P<arch>[A-Za-z0-9_.\-]+)(?P<cb>\+cb)?(?:@(?P<ckpt>.+))?$")
 
 
+_ROBUSTBENCH = re.compile(r"^robustbench:(?P<dataset>[a-z0-9_]+)/(?P<threat>[A-Za-z0-9_]+)/(?P<name>[A-Za-z0-9_.\-]+)$")
+
+
 def is_adhoc(name: str) -> bool:
-    return name.startswith("timm:")
+    return name.startswith(("timm:", "robustbench:"))
+
+
+def parse_robustbench(name: str) -> ModelSpec:
+    """``robustbench:imagenet/Linf/Mo2022When_ViT-B`` -> a ModelSpec loading that entry's local checkpoint."""
+    m = _ROBUSTBENCH.match(name)
+    if not m:
+        raise ValueError(f"cannot parse {name!r}; expected robustbench:DATASET/THREAT/NAME, "
+                         "e.g. robustbench:imagenet/Linf/Mo2022When_ViT-B")
+    return ModelSpec(name=name, arch=m["name"], weights="robustbench", checkpoint=f"{m['dataset']}/{m['threat']}",
+                     dataset=m["dataset"], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                     description=f"RobustBench {m['dataset']}/{m['threat']} entry {m['name']} (local checkpoint)")
 
 
 def parse_adhoc(name: str) -> ModelSpec:
@@ -75,6 +95,8 @@ def parse_adhoc(name: str) -> ModelSpec:
     downloads once into the checkpoint dir and checks the digest. An ad-hoc CB model
     is paired in reports with an ad-hoc baseline of the same architecture.
     """
+    if name.startswith("robustbench:"):
+        return parse_robustbench(name)
     m = _ADHOC.match(name)
     if not m:
         raise ValueError(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cbbench.models.spec import ModelSpec, is_adhoc, parse_adhoc
+from cbbench.models.spec import ModelSpec, is_adhoc, parse_adhoc, parse_robustbench
 from cbbench.registry import Registry
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -49,12 +49,39 @@ _small = register(dataclasses.replace(
     description="small ViT (6 blocks, dim 96, 0.47M params) trained by cbbench on digits"))
 register(cb_twin(_small, "demo_vit_small_cb", description="CB twin of demo_vit_small"))
 
-# More training seeds of every arm, for claims that need seed-to-seed spread.
+
+def register_seeds(base_spec: ModelSpec, seeds=(1, 2)) -> None:
+    """More training seeds of an arm and of its CB twin, for claims that need seed-to-seed spread."""
+    for seed in seeds:
+        base = register(dataclasses.replace(base_spec, name=f"{base_spec.name}_s{seed}", seed=seed,
+                                            description=f"{base_spec.name} trained with seed {seed}"))
+        register(cb_twin(base, f"{base_spec.name}_cb_s{seed}", description=f"CB twin of {base.name}"))
+
+
 for _base_spec in (_demo, _small):
-    for _seed in (1, 2):
-        _base = register(dataclasses.replace(_base_spec, name=f"{_base_spec.name}_s{_seed}", seed=_seed,
-                                             description=f"{_base_spec.name} trained with seed {_seed}"))
-        register(cb_twin(_base, f"{_base_spec.name}_cb_s{_seed}", description=f"CB twin of {_base.name}"))
+    register_seeds(_base_spec)
+
+# The same two sizes trained by cbbench on CIFAR-10 / CIFAR-100 from a data root (recipes cifar10_tiny,
+# cifar100_tiny), CIFAR's mean/std inside the model. Patch 4 at 32x32 (64 patches + class token) is the
+# usual choice for ViTs trained on CIFAR from scratch; patch 8, as for the digits, would leave 16 tokens.
+CIFAR_STATS = {
+    "cifar10": (10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": (100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+for _dataset, (_classes, _mean, _std) in CIFAR_STATS.items():
+    _kwargs = {**dict(DEMO_ARCH_KWARGS), "num_classes": _classes, "patch_size": 4}
+    _tiny = register(dataclasses.replace(
+        _demo, name=f"{_dataset}_vit", arch_kwargs=tuple(sorted(_kwargs.items())), recipe=f"{_dataset}_tiny",
+        dataset=_dataset, mean=_mean, std=_std,
+        description=f"tiny ViT (4 blocks, dim 64, patch 4) trained by cbbench on {_dataset} (needs --data-root)"))
+    register(cb_twin(_tiny, f"{_dataset}_vit_cb", description=f"CB twin of {_dataset}_vit"))
+    _small_kwargs = tuple(sorted({**_kwargs, "depth": 6, "embed_dim": 96}.items()))
+    _small_c = register(dataclasses.replace(
+        _tiny, name=f"{_dataset}_vit_small", arch_kwargs=_small_kwargs,
+        description=f"small ViT (6 blocks, dim 96, patch 4) trained by cbbench on {_dataset} (needs --data-root)"))
+    register(cb_twin(_small_c, f"{_dataset}_vit_small_cb", description=f"CB twin of {_dataset}_vit_small"))
+    for _base_spec in (_tiny, _small_c):
+        register_seeds(_base_spec)
 
 # ImageNet-1k baselines with timm's weights (from the Hugging Face hub or its local cache), and
 # their CB twins, whose checkpoints (trained with CB; none is published) go in the checkpoint dir.
@@ -69,6 +96,18 @@ for _name, _arch, _desc in [
     register(cb_twin(_base, f"{_name}_cb", weights="file", checkpoint=f"cache:{_name}_cb.pth",
                      description=f"CB twin of {_name}: a state_dict trained with CB, at "
                                  f"<checkpoint dir>/{_name}_cb.pth"))
+
+
+# RobustBench ImageNet entries as extra, unpaired rows: loaded from <checkpoint dir>/robustbench/
+# <dataset>/<threat>/<entry>.pt (robustbench's own layout) when that file is there, skipped otherwise.
+for _name, _entry, _desc in [
+    ("rb_mo2022_vit_b", "imagenet/Linf/Mo2022When_ViT-B", "RobustBench: adversarially trained ViT-B (Mo et al. 2022)"),
+    ("rb_mo2022_swin_b", "imagenet/Linf/Mo2022When_Swin-B", "RobustBench: adversarially trained Swin-B (Mo et al. 2022)"),
+    ("rb_meansparse_convnext_l", "imagenet/Linf/Amini2024MeanSparse_ConvNeXt-L",
+     "RobustBench: adversarially trained ConvNeXt-L + MeanSparse (Amini et al. 2024)"),
+    ("rb_augmix_r50", "imagenet/corruptions/Hendrycks2020AugMix", "RobustBench: ResNet-50 trained with AugMix"),
+]:
+    register(dataclasses.replace(parse_robustbench(f"robustbench:{_entry}"), name=_name, description=_desc))
 
 
 def resolve(name_or_spec: str | ModelSpec) -> ModelSpec:
