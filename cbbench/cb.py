@@ -18,7 +18,13 @@ class ContextBroadcast(nn.Module):
     """Uniform attention without parameters: average each token with the token mean."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * x + 0.5 * x.mean(dim=1, keepdim=True)
+        half_mean = 0.5 * x.mean(dim=1, keepdim=True)
+        if x.dtype in (torch.float32, torch.float64, torch.bfloat16):
+            # One pass over x instead of three (bench/bench_pipeline.py: ~35% less time in CB on a CPU).
+            # Halving is exact in these dtypes (above 1e-38), so the single rounding of
+            # half_mean + 0.5 * x gives bit for bit the value of 0.5 * x + 0.5 * mean.
+            return torch.add(half_mean, x, alpha=0.5)
+        return 0.5 * x + half_mean  # float16: halving small values is inexact; keep the two roundings
 
 
 def has_context_broadcasting(model: nn.Module) -> bool:

@@ -26,7 +26,8 @@ def cmd_run(args) -> int:
 
     config = RunConfig(suite=args.suite, models=args.models, tasks=args.tasks, data_root=args.data_root,
                        results=args.results, checkpoints=args.checkpoints, limit=args.limit, device=args.device,
-                       seed=args.seed, batch_size=args.batch_size, force=args.force)
+                       seed=args.seed, batch_size=args.batch_size, force=args.force, amp=args.amp,
+                       channels_last=args.channels_last, compile=args.compile)
     from cbbench import distributed
 
     t0 = time.perf_counter()
@@ -112,15 +113,39 @@ def cmd_datasets_check(args) -> int:
     return 0
 
 
+def cmd_datasets_make_c(args) -> int:
+    from cbbench.corruptions.reference import ALL_CORRUPTIONS, SEVERITIES
+    from cbbench.data.make_c import make_c
+    from cbbench.runner import pick_device
+
+    corruptions = args.corruptions or list(ALL_CORRUPTIONS)
+    unknown = [c for c in corruptions if c not in ALL_CORRUPTIONS]
+    bad_severity = [s for s in args.severities if s not in SEVERITIES]
+    if unknown or bad_severity:
+        print(f"error: unknown corruption(s) {unknown} or severity(ies) {bad_severity}; corruptions: "
+              f"{', '.join(ALL_CORRUPTIONS)}; severities: 1..5", file=sys.stderr)
+        return EXIT_USAGE
+    engine = {"torch": "cbbench-torch", "reference": "imagecorruptions-1.1.2"}[args.engine]
+    t0 = time.perf_counter()
+    counts = make_c(args.src, args.out, corruptions, args.severities, engine=engine, seed=args.seed,
+                    batch_size=args.batch_size, limit=args.limit, device=pick_device(args.device),
+                    progress=_progress_factory())
+    print(f"made ImageNet-C in {args.out} in {time.perf_counter() - t0:.1f} s: {counts['written']} files written, "
+          f"{counts['existing']} already there, {counts['corrupt']} undecodable source image(s) skipped")
+    return 0
+
+
 def cmd_train(args) -> int:
     from cbbench.models.zoo import resolve
+    from cbbench.runner import pick_device
     from cbbench.train import checkpoint_path, train
 
+    device = pick_device(args.device)  # a clear error for cuda without a GPU, before any work
     for name in args.models:
         spec = resolve(name)
         if spec.weights != "train":
             raise ValueError(f"model {name} has weights={spec.weights!r}; only models with a training recipe "
-                             "(weights='train', e.g. demo_vit) can be trained by cbbench")
+                             "(weights='train', e.g. demo_vit, cifar10_vit) can be trained by cbbench")
         path = checkpoint_path(spec, args.checkpoints)
         if path.is_file() and not args.force:
             print(f"{name}: already trained at {path} (--force retrains)")
@@ -131,7 +156,7 @@ def cmd_train(args) -> int:
         def show(entry):
             print(f"{entry['model']} epoch {entry['epoch']}/{entry['epochs']}: loss {entry['loss']:.3f}, "
                   f"train acc {100 * entry['train_acc']:.1f}%, {entry['seconds']:.1f} s", file=sys.stderr)
-        train(spec, path, progress=show, device=args.device)
+        train(spec, path, progress=show, device=device, data_root=args.data_root)
         print(f"{name}: trained, checkpoint {path}")
     return 0
 
@@ -153,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of corruptions and attack random starts")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--force", action="store_true", help="recompute cells already in the store")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                   help="autocast dtype of the evaluation forward (attacks keep fp32 gradients); changes numbers, "
+                        "so such cells are stored apart (default: off, plain fp32)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC images and weights (may speed up GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for the evaluation forward (falls back to eager with a warning "
+                        "if compiling fails; compiling takes minutes on a CPU)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="re-render reports from the results store")
@@ -165,16 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["models", "tasks", "suites", "datasets"])
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("datasets", help="inspect datasets under a data root")
-    p.add_argument("action", choices=["check"], help="check: present / missing / incomplete, counting files")
-    p.add_argument("--data-root", help="root of the datasets (or CBBENCH_DATA)")
-    p.set_defaults(func=cmd_datasets_check)
+    p = sub.add_parser("datasets", help="check datasets under a data root, or make ImageNet-C from val")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("check", help="present / missing / incomplete per dataset, counting files")
+    q.add_argument("--data-root", help="root of the datasets (or CBBENCH_DATA)")
+    q.set_defaults(func=cmd_datasets_check)
+    q = actions.add_parser("make-c", help="write ImageNet-C (<corruption>/<severity>/<wnid>/<file>.JPEG) made "
+                                          "from an ImageNet val folder; resumable")
+    q.add_argument("--src", required=True, help="ImageNet val folder (<wnid>/<file>.JPEG)")
+    q.add_argument("--out", required=True, help="output folder, e.g. <data root>/imagenet-c")
+    q.add_argument("--corruptions", nargs="+", help="default: all 19 (15 benchmark + 4 held-out)")
+    q.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    q.add_argument("--engine", choices=["torch", "reference"], default="torch",
+                   help="torch: cbbench's batched engine (CPU or GPU); reference: imagecorruptions 1.1.2")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--batch-size", type=int, default=64, help="also fixes the torch engine's random draws")
+    q.add_argument("--limit", type=int, help="only the first N val images (in sorted order)")
+    q.add_argument("--device", default="auto", help="cpu, cuda ... (the torch engine runs there)")
+    q.set_defaults(func=cmd_datasets_make_c)
 
-    p = sub.add_parser("train", help="train demo models with their recipe into the checkpoint cache")
+    p = sub.add_parser("train", help="train demo or CIFAR models with their recipe into the checkpoint cache")
     p.add_argument("models", nargs="*", default=["demo_vit", "demo_vit_cb"])
     p.add_argument("--checkpoints", help="checkpoint cache directory (or CBBENCH_CKPT)")
+    p.add_argument("--data-root", help="where CIFAR models read their training data (or CBBENCH_DATA); "
+                                       "digits need none")
     p.add_argument("--force", action="store_true", help="retrain even if a checkpoint exists")
-    p.add_argument("--device", default="cpu", help="cpu (bit-for-bit reproducible), cuda, cuda:1 ...")
+    p.add_argument("--device", default="cpu", help="cpu (bit-for-bit reproducible), cuda, cuda:1, auto ...")
     p.set_defaults(func=cmd_train)
     return parser
 

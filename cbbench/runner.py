@@ -22,6 +22,7 @@ from cbbench.paths import results_dir as resolve_results_dir
 from cbbench.store import Store, cell_key
 from cbbench.suites import SUITES
 from cbbench.tasks import TASKS, TaskContext
+from cbbench.tasks.base import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 128
     force: bool = False
+    # The evaluation forward (tasks/base.py Pipeline): autocast dtype, NHWC, torch.compile. Off: plain fp32.
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return Pipeline(amp=self.amp, channels_last=self.channels_last, compile=self.compile)
 
 
 @dataclass
@@ -112,6 +121,7 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
         suite = SUITES.get(suite.with_data_root)
     specs = [resolve(name) for name in (config.models or suite.models)]
     tasks = [TASKS.get(name) for name in (config.tasks or suite.tasks)]
+    pipeline = config.pipeline  # validates --amp before any work
     device = distributed.local_device(pick_device(config.device))
     distributed.init_from_env(device.type)
     results = resolve_results_dir(config.results)
@@ -136,7 +146,8 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                     params["partner"] = f"{partner.spec.name}@{partner.weights_digest}" if partner else None
                 digest = model.weights_digest if model is not None else "unavailable"
                 key = cell_key(spec.identity(), digest, task.name, task.version, params,
-                               suite.dataset, config.limit, config.seed)
+                               suite.dataset, config.limit, config.seed,
+                               pipeline=None if pipeline.is_default else pipeline.describe())
                 ident = dict(key=key, model=spec.name, model_spec=spec.to_dict(), weights_digest=digest,
                              task=task.name, task_version=task.version, task_params=params,
                              dataset=suite.dataset, limit=config.limit, seed=config.seed)
@@ -170,11 +181,14 @@ def _load_models(specs, dataset, device, config, say) -> tuple[dict, dict[str, s
     for spec in specs:
         say(f"loading model {spec.name}")
         try:
-            models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints)
+            models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints,
+                                           data_root=config.data_root)
         except FileNotFoundError as exc:
             unavailable[spec.name] = f"weights unavailable: {exc}"
             say(f"  skipping {spec.name}: {exc}")
             continue
+        if config.channels_last:  # NHWC weights to match NHWC inputs (run_batches converts those)
+            models[spec.name].to(memory_format=torch.channels_last)
         if dataset is not None:
             _check_classes(models[spec.name], dataset)
     if distributed.is_main():
@@ -211,7 +225,7 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
     key = ident["key"]
     ctx = TaskContext(dataset=dataset, device=device, batch_size=config.batch_size, limit=config.limit,
                       seed=config.seed, data_root=data_root, transform=getattr(model, "eval_transform", None),
-                      partner=partner,
+                      partner=partner, pipeline=config.pipeline,
                       load_part=lambda part: store.get_part(key, part),
                       save_part=lambda part, arrays: store.put_part(key, part, arrays))
     if progress is not None:
@@ -229,6 +243,7 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
         return CellOutcome(ident["model"], task.name, "failed", reason)
     wall = time.perf_counter() - t0
     prov = dict(base, wall_s=wall, batch_size=config.batch_size, protocol=task.protocol, notes=result.notes,
-                num_params=sum(p.numel() for p in model.parameters()))
+                num_params=sum(p.numel() for p in model.parameters()),
+                pipeline=dict(ctx.pipeline.describe(), notes=list(ctx.pipeline_notes)))
     store.put(**ident, status="ok", metrics=result.metrics, samples=result.samples, provenance=prov, wall_s=wall)
     return CellOutcome(ident["model"], task.name, "ok", wall_s=wall)

@@ -48,9 +48,11 @@ CREATE TABLE IF NOT EXISTS run_cells (
 
 
 def cell_key(model_identity: str, weights_digest: str, task: str, task_version: int,
-             task_params: dict, dataset: str, limit: int | None, seed: int) -> str:
-    payload = json.dumps([model_identity, weights_digest, task, task_version, task_params, dataset, limit, seed],
-                         sort_keys=True, default=list)
+             task_params: dict, dataset: str, limit: int | None, seed: int, pipeline: dict | None = None) -> str:
+    """The cell's identity. ``pipeline``: a non-default evaluation pipeline (amp, channels-last, compile),
+    which can change numbers; None keeps the keys of the default pipeline what they always were."""
+    fields = [model_identity, weights_digest, task, task_version, task_params, dataset, limit, seed]
+    payload = json.dumps(fields + [pipeline] if pipeline else fields, sort_keys=True, default=list)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 

@@ -73,3 +73,14 @@ def test_bad_uses_are_refused():
         add_context_broadcasting(tiny_vit(), [5])
     with pytest.raises(TypeError, match="VisionTransformer"):
         add_context_broadcasting(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_context_broadcast_is_bit_identical_to_the_paper_formula(dtype):
+    """The one-pass implementation must not move a single bit (stored results predate it)."""
+    torch.manual_seed(0)
+    for scale in (1e-3, 1.0, 1e3):
+        x = (torch.randn(8, 197, 192) * scale).to(dtype)
+        assert torch.equal(ContextBroadcast()(x), 0.5 * x + 0.5 * x.mean(dim=1, keepdim=True)), (dtype, scale)
+    x = torch.randn(2, 17, 32, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ContextBroadcast(), (x,))

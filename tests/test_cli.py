@@ -181,3 +181,23 @@ def test_datasets_check(tmp_path, capsys):
     assert code == 0 and re.search(r"imagenet_a +incomplete", out) and re.search(r"imagenet_val +missing", out)
     code, _, err = run_cli(capsys, "datasets", "check")
     assert code == 2 and "no data root" in err
+
+
+def test_datasets_make_c_writes_a_tree_and_resumes(tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "val"
+    for wnid, red in (("n01440764", 30), ("n01443537", 220)):
+        (src / wnid).mkdir(parents=True)
+        Image.new("RGB", (300, 240), (red, 90, 60)).save(src / wnid / "ILSVRC2012_val_1.JPEG")
+    args = ["datasets", "make-c", "--src", str(src), "--out", str(tmp_path / "imagenet-c"),
+            "--corruptions", "contrast", "pixelate", "--severities", "1", "5", "--device", "cpu"]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "8 files written, 0 already there" in out
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "imagenet-c").rglob("*.JPEG"))
+    assert len(written) == 8 and "imagenet-c/pixelate/5/n01443537/ILSVRC2012_val_1.JPEG" in written
+    assert Image.open(tmp_path / written[0]).size == (224, 224)
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "0 files written, 8 already there" in out
+    code, _, err = run_cli(capsys, *args[:-5], "fogg", "--device", "cpu")
+    assert code == 2 and "unknown corruption(s) ['fogg']" in err and "gaussian_noise" in err

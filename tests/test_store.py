@@ -42,6 +42,19 @@ def test_key_depends_on_everything_that_changes_a_number():
     assert cell_key(**base) == key
 
 
+def test_a_non_default_pipeline_is_part_of_the_key_and_the_default_keeps_old_keys():
+    import hashlib
+    import json
+
+    base = dict(model_identity="a", weights_digest="w", task="t", task_version=1, task_params={}, dataset="d",
+                limit=None, seed=0)
+    before = hashlib.sha256(json.dumps(["a", "w", "t", 1, {}, "d", None, 0], sort_keys=True).encode()).hexdigest()
+    assert cell_key(**base) == cell_key(**base, pipeline=None) == before[:24], "stores made before must stay valid"
+    amp = cell_key(**base, pipeline={"amp": "bf16", "channels_last": False, "compile": False})
+    nhwc = cell_key(**base, pipeline={"amp": "off", "channels_last": True, "compile": False})
+    assert len({cell_key(**base), amp, nhwc}) == 3
+
+
 def test_parts_survive_and_are_cleared_when_the_cell_completes(tmp_path):
     with Store(tmp_path) as store:
         store.put_part("k", "fog/1", {"correct": np.array([True])})

@@ -175,3 +175,165 @@ def test_cost_task_counts_parameters_and_times_the_pair_side_by_side():
     assert result.metrics["images_per_second"] > 0 and 0.2 < result.metrics["throughput_ratio"] < 5
     alone = cost.evaluate(base, ctx(limit=16))
     assert "throughput_ratio" not in alone.metrics and alone.notes
+
+
+# The evaluation pipeline (--amp, --channels-last, --compile) and GPU-path hygiene.
+
+class Probe(nn.Module):
+    """Records how each evaluation forward runs: autocast state and input memory format."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, x):
+        self.calls.append((torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"),
+                           x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()))
+        return self.net(x)
+
+
+def test_amp_applies_to_the_evaluation_forward_only_and_attacks_stay_fp32():
+    from cbbench.tasks.adversarial import LinfAttackTask
+    from cbbench.tasks.base import Pipeline
+
+    m = model()
+    probe = Probe(m)
+    attack = LinfAttackTask(attack="pgd", eps="4/255", steps=2, step_size="1/255", random_start=True)
+    adversarial = {}
+
+    def run(pipeline):
+        c = ctx(limit=16, pipeline=pipeline)
+        inner = attack.perturb(m, c)
+        seen = []
+
+        def perturb(x, y, idx):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            adversarial.setdefault(pipeline.amp, []).append(inner(x, y, idx))
+            return adversarial[pipeline.amp][-1]
+        return run_batches(probe, c, perturb), seen
+
+    plain, seen_plain = run(Pipeline())
+    bf16, seen_bf16 = run(Pipeline(amp="bf16"))
+    assert probe.calls == [(False, False)] * 2 + [(torch.bfloat16, False)] * 2
+    assert seen_plain == seen_bf16 == [False, False], "perturbations must run outside autocast"
+    for a, b in zip(adversarial["off"], adversarial["bf16"]):
+        assert a.dtype == torch.float32 and torch.equal(a, b), "the attack must not depend on --amp"
+    assert bf16["confidence"].dtype == np.float32 and (plain["pred"] == bf16["pred"]).mean() > 0.8
+    with pytest.raises(ValueError, match="unknown --amp 'fp8'; use one of off, bf16, fp16"):
+        Pipeline(amp="fp8")
+
+
+def test_channels_last_feeds_nhwc_and_keeps_predictions():
+    from cbbench.tasks.base import Pipeline
+
+    plain = run_batches(model(), ctx(limit=16))
+    m = model().to(memory_format=torch.channels_last)
+    probe = Probe(m)
+    nhwc = run_batches(probe, ctx(limit=16, pipeline=Pipeline(channels_last=True)))
+    assert probe.calls == [(False, True)] * 2
+    np.testing.assert_array_equal(nhwc["pred"], plain["pred"])
+    np.testing.assert_allclose(nhwc["confidence"], plain["confidence"], rtol=1e-5)
+
+
+def test_compile_is_used_when_it_works_and_falls_back_to_eager_with_a_note(monkeypatch, caplog):
+    from cbbench.tasks.base import Pipeline
+
+    plain = run_batches(model(), ctx(limit=16))
+    real_compile, compiled_calls = torch.compile, []
+
+    def eager_backend(module, **kw):  # real dynamo tracing, without the minutes inductor takes on a CPU
+        compiled = real_compile(module, backend="eager")
+        def call(x):
+            compiled_calls.append(len(x))
+            return compiled(x)
+        return call
+    monkeypatch.setattr(torch, "compile", eager_backend)
+    c = ctx(limit=16, pipeline=Pipeline(compile=True))
+    out = run_batches(model(), c)
+    assert compiled_calls == [8, 8] and not c.pipeline_notes
+    for key in plain:
+        np.testing.assert_allclose(out[key], plain[key], rtol=1e-5, err_msg=key)
+
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            raise RuntimeError("InductorError: no working C++ compiler (simulated)")
+    broken = Broken()
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: broken)
+    m = model()
+    with caplog.at_level("WARNING", logger="cbbench.tasks.base"):
+        c = ctx(limit=16, pipeline=Pipeline(compile=True))
+        out = run_batches(m, c)
+        again = ctx(limit=16, pipeline=Pipeline(compile=True))
+        run_batches(m, again)
+    assert broken.calls == 1, "after one failure the model runs eagerly without retrying the compile"
+    for key in plain:
+        np.testing.assert_array_equal(out[key], plain[key], err_msg=key)
+    assert "torch.compile failed (RuntimeError: InductorError" in c.pipeline_notes[0]
+    assert again.pipeline_notes == c.pipeline_notes, "every cell evaluated eagerly says so"
+    assert sum("torch.compile failed" in r.message for r in caplog.records) == 1
+
+    def cannot_compile(module, **kw):
+        raise RuntimeError("Dynamo is not supported on this Python (simulated)")
+    monkeypatch.setattr(torch, "compile", cannot_compile)
+    c = ctx(limit=8, pipeline=Pipeline(compile=True))
+    np.testing.assert_array_equal(run_batches(model(), c)["pred"], plain["pred"][:8])
+    assert "Dynamo is not supported" in c.pipeline_notes[0]
+
+
+def test_batches_are_pinned_only_for_cuda(tmp_path):
+    from PIL import Image
+
+    from cbbench.data.folders import scan_image_folders
+    from cbbench.tasks.base import pin_memory_for
+
+    assert pin_memory_for(torch.device("cuda", 1)) and not pin_memory_for(torch.device("cpu"))
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / c / f"{i}.png")
+    ds = scan_image_folders(tmp_path, {"a": 0, "b": 1}, name="toy", num_classes=10)
+    asked = []
+    original = type(ds).batches
+
+    def recording(self, batch_size, limit=None, transform=None, pin_memory=None):
+        asked.append(pin_memory)
+        for x, y, idx in original(self, batch_size, limit, transform, pin_memory=pin_memory):
+            assert not x.is_pinned()
+            yield x, y, idx
+    ds.batches = recording.__get__(ds)
+    out = run_batches(model(), TaskContext(dataset=ds, batch_size=4))
+    assert asked == [False] and out["index"].tolist() == list(range(6))
+
+
+def test_pipeline_options_are_in_the_cell_key_the_provenance_and_the_report(tmp_path):
+    from cbbench.cli import build_parser
+    from cbbench.models.build import build_network
+    from cbbench.models.zoo import resolve
+    from cbbench.report import write_reports
+    from cbbench.runner import RunConfig, run
+    from cbbench.store import Store
+    from cbbench.train import checkpoint_path
+
+    args = build_parser().parse_args(["run", "--amp", "bf16", "--channels-last", "--compile"])
+    assert (args.amp, args.channels_last, args.compile) == ("bf16", True, True)
+    spec = resolve("demo_vit")  # random weights: what is tested does not depend on them
+    (tmp_path / "ckpt").mkdir()
+    torch.save(build_network(spec).state_dict(), checkpoint_path(spec, tmp_path / "ckpt"))
+    base = dict(models=["demo_vit"], tasks=["clean"], limit=8, batch_size=8, results=str(tmp_path / "r"),
+                checkpoints=str(tmp_path / "ckpt"))
+    assert [o.status for o in run(RunConfig(**base)).outcomes] == ["ok"]
+    assert [o.status for o in run(RunConfig(**base, amp="bf16", channels_last=True)).outcomes] == ["ok"]
+    assert [o.status for o in run(RunConfig(**base)).outcomes] == ["cached"], "default keys must not change"
+    with Store(tmp_path / "r") as store:
+        pipelines = sorted((c.provenance["pipeline"]["amp"], c.provenance["pipeline"]["channels_last"])
+                           for c in (store.get(k) for (k,) in store.db.execute("SELECT key FROM cells")))
+    assert pipelines == [("bf16", True), ("off", False)]
+    md = next(p for p in write_reports(tmp_path / "r", ["robustness"], ("md",))).read_text()
+    assert "- evaluation forward: amp off, channels-last no, torch.compile no" in md  # the latest run: defaults
+    with pytest.raises(ValueError, match="unknown --amp"):
+        run(RunConfig(**base, amp="int8"))

@@ -158,13 +158,15 @@ class ImageFolderDataset:
     def relpath(self, i: int) -> str:
         return os.path.relpath(self.paths[i], self.root)
 
-    def batches(self, batch_size: int, limit: int | None = None, transform=None
+    def batches(self, batch_size: int, limit: int | None = None, transform=None, pin_memory: bool | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(images, labels, sample indices) in the fixed order; corrupt files are skipped and recorded.
 
         ``transform`` maps a PIL RGB image to a [0,1] float tensor; None means
         ToTensor only (no resize). A batch may be shorter than ``batch_size`` when it
         held corrupt files; a batch made only of corrupt files is not yielded.
+        ``pin_memory``: page-locked batches, for non-blocking copies to a GPU (``run_batches`` asks
+        for them only when evaluating on CUDA); None: whenever CUDA is available.
         """
         n = len(self) if limit is None else min(limit, len(self))
         if n == 0:
@@ -175,7 +177,8 @@ class ImageFolderDataset:
         workers = 0 if n_batches == 1 else max(0, min(self.num_workers, n_batches))
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(files, range(n)), batch_size=batch_size, shuffle=False,
-            num_workers=workers, collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+            num_workers=workers, collate_fn=_collate,
+            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         )
         for x, y, idx, bad in loader:
             for i, error in bad:

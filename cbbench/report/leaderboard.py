@@ -351,7 +351,21 @@ def _provenance(cells, config) -> list[str]:
             f"- compute time of the cells in this table: {total:.0f} s (cells reused from the store "
             "keep their original time)",
             f"- corruptions generated on the fly: {'yes' if any(c.task == 'corruptions' for c in ok) else 'n/a'}",
+            *_pipeline_lines(ok),
             f"- run configuration: `{json.dumps({k: v for k, v in config.items() if v is not None})}`", ""]
+
+
+def _pipeline_lines(ok) -> list[str]:
+    """How the evaluation forwards ran (amp, channels-last, compile) and what the batch loop had to adapt."""
+    seen = [c.provenance["pipeline"] for c in ok if isinstance(c.provenance.get("pipeline"), dict)]
+    if not seen:  # cells stored before the pipeline was recorded
+        return []
+    ways = sorted({f"amp {p.get('amp')}, channels-last {'yes' if p.get('channels_last') else 'no'}, "
+                   f"torch.compile {'yes' if p.get('compile') else 'no'}" for p in seen})
+    notes = sorted({n for p in seen for n in p.get("notes", [])})
+    return ([f"- evaluation forward: {'; '.join(ways)}"
+             + (f" ({len(ok) - len(seen)} cells without a record)" if len(seen) < len(ok) else "")]
+            + [f"- batch loop: {n}" for n in notes])
 
 
 def write_reports(results_dir: str | Path, suites: list[str] | None = None,

@@ -6,6 +6,10 @@ per-sample outcomes happens once, here.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
+import logging
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -15,6 +19,38 @@ import torch
 
 from cbbench import distributed
 from cbbench.registry import Registry
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """How the evaluation forward in ``run_batches`` runs (``cbbench run --amp/--channels-last/--compile``).
+
+    All off by default, and then the numbers are exactly those of a plain fp32
+    eager forward. Only the evaluation forward is affected: perturbations
+    (corruptions, attacks) run outside autocast and on the eager model, so attack
+    gradients stay fp32. Anything other than the default can change logits in the
+    last bits (bf16/fp16 by much more), so a non-default pipeline is part of the
+    cell key and of the provenance.
+    """
+
+    amp: str = "off"  # off | bf16 | fp16: autocast dtype of the evaluation forward
+    channels_last: bool = False  # NHWC input (the runner converts the model's 4-D weights too)
+    compile: bool = False  # torch.compile the model for the evaluation forward; eager if compiling fails
+
+    def __post_init__(self):
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"unknown --amp {self.amp!r}; use one of {', '.join(AMP_DTYPES)}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == Pipeline()
+
+    def describe(self) -> dict:
+        return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile}
 
 
 @dataclass(frozen=True)
@@ -64,6 +100,10 @@ class TaskContext:
     progress: Callable[..., Any] = lambda total, desc: _NoProgress()
     load_part: Callable[[str], dict | None] = lambda part: None
     save_part: Callable[[str, dict], None] = lambda part, arrays: None
+    pipeline: Pipeline = Pipeline()
+    # What the batch loop had to do differently (an out-of-memory split); shared by replace()d copies,
+    # the runner puts it in the cell's provenance.
+    pipeline_notes: list[str] = field(default_factory=list)
 
     @property
     def num_samples(self) -> int:
@@ -115,25 +155,31 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     ``extras`` is called after each forward pass and returns more per-sample
     tensors (e.g. attention statistics captured by hooks) to keep alongside.
 
+    The evaluation forward follows ``ctx.pipeline`` (autocast, channels-last,
+    torch.compile); the perturbation does not. A forward that runs out of memory
+    is retried on halves of the batch, down to one image (``_forward``).
+
     Under torch.distributed each rank takes every world-th batch and the
     outcomes are gathered and re-ordered by sample index, so the result is the
     same as in one process.
     """
-    parts: dict[str, list] = {k: [] for k in ("index", "label", "pred", "correct", "correct_top5", "confidence",
-                                              "finite")}
+    # Per batch, small numpy arrays (not tensors): ~31 bytes per sample for the standard outcomes.
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "label", "pred", "correct", "correct_top5",
+                                                          "confidence", "finite")}
     rank, world_size = distributed.world()
+    chunk: int | None = None  # forward size that fitted after an out-of-memory error; None: whole batches
     bar = ctx.progress(total=ctx.num_samples, desc=desc)
     try:
-        batches = ctx.dataset.batches(ctx.batch_size, ctx.limit, transform=ctx.transform)
-        for i, (x, y, idx) in enumerate(batches):
+        for i, (x, y, idx) in enumerate(_batches(ctx)):
             if i % world_size != rank:
                 bar.update(len(y))
                 continue
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             if perturb is not None:
                 x = perturb(x, y, idx)
-            with torch.inference_mode():
-                logits = model(x).float()
+            if ctx.pipeline.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits, chunk = _forward(model, x, ctx, chunk, extras is None)
             if class_subset is not None:
                 logits = logits[:, class_subset.to(logits.device)]
             finite = torch.isfinite(logits).all(dim=1)
@@ -145,17 +191,134 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
             for key, value in (("index", idx), ("label", y), ("pred", pred), ("correct", correct),
                                ("correct_top5", correct_top5),
                                ("confidence", torch.nan_to_num(confidence, nan=0.0)), ("finite", finite)):
-                parts[key].append(value.cpu())
+                parts[key].append(_to_numpy(value))
             for key, value in (extras() if extras else {}).items():
-                parts.setdefault(key, []).append(value.cpu())
+                parts.setdefault(key, []).append(_to_numpy(value))
             bar.update(len(y))
     finally:
         bar.close()
-    local = {k: torch.cat(v).numpy() if v else np.empty(0) for k, v in parts.items()}
+    local = {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
     outcomes = distributed.gather_outcomes(local)
     if not len(outcomes["index"]):
         raise ValueError(f"dataset {ctx.dataset.name} yielded no samples (limit={ctx.limit})")
     return outcomes
+
+
+def _to_numpy(value: torch.Tensor) -> np.ndarray:
+    """A numpy copy owning its memory: keeps neither the tensor nor a view of a larger buffer alive."""
+    return np.array(value.detach().cpu().numpy(), copy=True)
+
+
+def _batches(ctx: TaskContext):
+    """The dataset's batches; datasets read by DataLoader workers pin memory only when evaluating on CUDA."""
+    kwargs = {"transform": ctx.transform}
+    if "pin_memory" in inspect.signature(ctx.dataset.batches).parameters:
+        kwargs["pin_memory"] = pin_memory_for(ctx.device)
+    return ctx.dataset.batches(ctx.batch_size, ctx.limit, **kwargs)
+
+
+def pin_memory_for(device: torch.device) -> bool:
+    """Page-locked host batches pay off only for copies to a GPU (then ``non_blocking`` overlaps them)."""
+    return torch.device(device).type == "cuda"
+
+
+# model -> its torch.compile'd module, or the reason compiling it failed (it then runs eagerly).
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
+_WARNED: set[str] = set()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[0]}" if text else exc.__class__.__name__
+
+
+def _note(ctx: TaskContext, message: str) -> None:
+    """Log ``message`` once per process and add it once to the cell's provenance notes."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
+    if message not in ctx.pipeline_notes:
+        ctx.pipeline_notes.append(message)
+
+
+def _compiled(model: torch.nn.Module, ctx: TaskContext) -> torch.nn.Module | None:
+    """``torch.compile(model)``, made once per model; None (with a note) where compiling failed."""
+    if model not in _COMPILED:
+        try:
+            _COMPILED[model] = torch.compile(model)
+        except Exception as exc:  # e.g. no compiler toolchain, an unsupported platform
+            _COMPILED[model] = _first_line(exc)
+    found = _COMPILED[model]
+    if isinstance(found, str):
+        _note(ctx, f"torch.compile failed ({found}); the evaluation forward of {type(model).__name__} ran eagerly")
+        return None
+    return found
+
+
+def _eval_forward(model: torch.nn.Module, x: torch.Tensor, ctx: TaskContext, may_compile: bool) -> torch.Tensor:
+    """One evaluation forward (inference mode) under the pipeline's autocast, compiled when asked."""
+    pipeline = ctx.pipeline
+    dtype = AMP_DTYPES[pipeline.amp]
+    amp = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.inference_mode(), amp:
+        compiled = _compiled(model, ctx) if pipeline.compile and may_compile else None
+        if pipeline.compile and not may_compile:
+            _note(ctx, "forwards whose hooks record extras (attention statistics, AutoAttack predictions) ran "
+                       "eagerly: torch.compile is not used with hooks")
+        if compiled is not None:
+            try:
+                return compiled(x)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # compilation happens at the first call: fall back to eager, once
+                _COMPILED[model] = _first_line(exc)
+                _compiled(model, ctx)
+        return model(x)
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, ctx: TaskContext, chunk: int | None,
+             splittable: bool) -> tuple[torch.Tensor, int | None]:
+    """(float logits of ``x``, chunk size for the next batches).
+
+    On ``torch.OutOfMemoryError`` the rest of the batch is run in halves, then
+    quarters, ... down to one image; the smaller size is kept for the following
+    batches. Each image's logits come from the same model on the same input, so
+    the outcomes are those of an unsplit run (logits can differ in the last bits,
+    as with any other batch size: a BLAS picks kernels by matrix shape). Not
+    splittable: forwards whose ``extras`` hooks record one entry per forward.
+    """
+    n = len(x)
+    size = n if chunk is None else min(chunk, n)
+    outs: list[torch.Tensor] = []
+    start, split = 0, False
+    while start < n:
+        size = min(size, n - start)
+        try:
+            outs.append(_eval_forward(model, x[start:start + size], ctx, splittable).float())
+            start += size
+            continue
+        except torch.OutOfMemoryError as exc:
+            if not splittable:
+                raise torch.OutOfMemoryError(
+                    f"out of memory in the evaluation forward of {size} images on {x.device}, and this task "
+                    f"records per-forward extras so the batch cannot be split: rerun with a smaller "
+                    f"--batch-size (now {ctx.batch_size}). ({_first_line(exc)})"
+                ) from exc
+            if size == 1:
+                raise torch.OutOfMemoryError(
+                    f"out of memory in the evaluation forward of a single image on {x.device}: free memory "
+                    f"on the device, try --amp bf16, or evaluate a smaller model. "
+                    f"({_first_line(exc)})"
+                ) from exc
+        # Outside the except block: the failed forward's tensors (held by the traceback) are freed by now.
+        size = chunk = max(1, size // 2)
+        split = True
+        if x.is_cuda:
+            torch.cuda.empty_cache()
+    if split:
+        _note(ctx, f"the evaluation forward ran out of memory on {x.device} with batches of {ctx.batch_size}; "
+                   f"they were split into forwards of at most {chunk} images (same outcomes)")
+    return (outs[0] if len(outs) == 1 else torch.cat(outs)), chunk
 
 
 def accuracy_metrics(outcomes: dict[str, np.ndarray], prefix: str = "") -> dict[str, float]:
