@@ -499,3 +499,36 @@ def test_autoattack_imagenet_attacks_a_prefix_of_the_robustbench_list(rb_val):
     assert result.samples["label"].tolist() == [IDX[p.split("/")[0]] for p in listed[:5]]
     assert result.metrics["accuracy"] <= result.metrics["clean_accuracy"]
     assert "first 5000 images of imagenet_val_rb5000" in task.protocol
+
+
+def test_imagenet_c_aggregation_reproduces_robustbench_published_resnet50():
+    """Anchor: RobustBench's published per-cell accuracies of torchvision's ResNet-50 (tests/data/README.md)
+    aggregate to its published 38.12% mean corruption accuracy; their mCE (78.2 on that 5,000-image
+    subset) sits near the full-set value 76.7 of protocols.md, and far from what a wrong normalization
+    (relative mCE, 110) or a per-severity average would give."""
+    import csv
+    from pathlib import Path
+
+    rows = list(csv.reader((Path(__file__).parent / "data" / "robustbench_imagenet_c_standard_r50.csv").open()))
+    header, severities, (model, *values) = rows[0][1:], rows[1][1:], rows[2]
+    assert model == "Standard_R50" and len(values) == 75
+    accuracy = {(c, int(s)): float(v) for c, s, v in zip(header, severities, values)}
+    n = 5000  # RobustBench's subset: every accuracy is a multiple of 1/5000
+
+    def part(acc):
+        correct = np.zeros(n, dtype=bool)
+        correct[: round(n * acc)] = True
+        return {"index": np.arange(n, dtype=np.int32), "pred": np.zeros(n, np.int16), "correct": correct,
+                "finite": np.ones(n, bool), "skipped_index": np.zeros(0, np.int64),
+                "skipped_path": np.zeros(0, str), "files_digest": np.zeros(20, np.uint8)}
+
+    task = itasks.ImageNetCTask(holdout=())
+    parts = {"clean": part(0.7652)}  # RobustBench's clean accuracy of the same model (Standard_R50.json)
+    parts.update({key: part(acc) for key, acc in accuracy.items()})
+    m = task._aggregate(parts, list(metrics.BENCHMARK_CORRUPTIONS), []).metrics
+    assert round(100 * m["mean_accuracy"], 2) == 38.12  # the published aggregate
+    by_hand = np.mean([sum(1 - accuracy[(c, s)] for s in range(1, 6)) / sum(metrics.ALEXNET_ERR[c])
+                       for c in metrics.BENCHMARK_CORRUPTIONS])
+    assert m["mce"] == pytest.approx(by_hand, abs=1e-9)
+    assert abs(100 * m["mce"] - 76.7) < 2.5
+    assert m["relative_mce"] == pytest.approx(1.1044, abs=1e-3)
