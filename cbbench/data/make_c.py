@@ -90,10 +90,9 @@ def make_c(src: str | Path, out: str | Path, corruptions: Sequence[str], severit
     """Write ImageNet-C cells for the val folder ``src`` into ``out``; counts of written / existing / corrupt files."""
     from cbbench.data import classes
     from cbbench.data.folders import scan_image_folders
-    from cbbench.tasks.corruptions import ENGINES, corrupt_batch
+    from cbbench.tasks.corruptions import check_engine, corrupt_batch
 
-    if engine not in ENGINES:
-        raise ValueError(f"unknown corruption engine {engine!r}; choose one of {ENGINES}")
+    check_engine(engine)
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if not src.is_dir():
         raise FileNotFoundError(f"--src {src} is not a folder; give the ImageNet val folder (<wnid>/<file>.JPEG)")

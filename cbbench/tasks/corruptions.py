@@ -26,6 +26,11 @@ _cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 ENGINES = ("imagecorruptions-1.1.2", "cbbench-torch")
 
 
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown corruption engine {engine!r}; choose one of {ENGINES}")
+
+
 def corrupt_batch(x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int,
                   engine: str = ENGINES[0]) -> torch.Tensor:
     """Corrupt a batch of sample indices ``idx``, reproducibly from ``seed`` and those indices (uint8 grid).
@@ -68,8 +73,7 @@ class CorruptionTask(Task):
     version = 1
 
     def __post_init__(self):
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown corruption engine {self.engine!r}; choose one of {ENGINES}")
+        check_engine(self.engine)
 
     @property
     def name(self) -> str:

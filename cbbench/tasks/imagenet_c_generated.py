@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from cbbench.data.make_c import imagenet_c_crop, jpeg_roundtrip
 from cbbench.tasks.base import TASKS, Metric, TaskContext, run_batches
-from cbbench.tasks.corruptions import ENGINES, _corrupted
+from cbbench.tasks.corruptions import _corrupted, check_engine
 from cbbench.tasks.imagenet import ImageNetCTask, _slim, resolve_dataset
 
 
@@ -33,8 +33,7 @@ class GeneratedImageNetCTask(ImageNetCTask):
     version = 1
 
     def __post_init__(self):
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown corruption engine {self.engine!r}; choose one of {ENGINES}")
+        check_engine(self.engine)
 
     @property
     def name(self) -> str:
