@@ -64,3 +64,15 @@ def gather_outcomes(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     merged = {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
     order = np.argsort(merged["index"], kind="stable")
     return {k: v[order] for k, v in merged.items()}
+
+
+def merged(entries: dict) -> dict:
+    """Every rank's ``entries`` merged into one dict (e.g. the undecodable files each rank found)."""
+    if world()[1] == 1:
+        return entries
+    shards: list[dict] = [None] * world()[1]  # type: ignore[list-item]
+    dist.all_gather_object(shards, entries)
+    out: dict = {}
+    for shard in shards:
+        out.update(shard)
+    return out

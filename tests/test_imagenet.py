@@ -532,3 +532,21 @@ def test_imagenet_c_aggregation_reproduces_robustbench_published_resnet50():
     assert m["mce"] == pytest.approx(by_hand, abs=1e-9)
     assert abs(100 * m["mce"] - 76.7) < 2.5
     assert m["relative_mce"] == pytest.approx(1.1044, abs=1e-3)
+
+
+def test_sharded_batches_decode_only_their_own_files(root):
+    """Under torchrun each rank reads batches i % world == rank, with single-process batch boundaries."""
+    def load():
+        ds = load_dataset("imagenet_val", root)
+        ds.num_workers = 0
+        return ds
+
+    full = [idx.tolist() for _, _, idx in load().batches(3, transform=T32)]
+    shards = []
+    for rank in (0, 1):
+        ds = load()
+        shards.append(([idx.tolist() for _, _, idx in ds.batches(3, transform=T32, shard=(rank, 2))], ds.corrupt))
+    assert shards[0][0] == full[0::2] and shards[1][0] == full[1::2]
+    corrupt = load()
+    list(corrupt.batches(3, transform=T32))
+    assert set(shards[0][1]) | set(shards[1][1]) == set(corrupt.corrupt) and not set(shards[0][1]) & set(shards[1][1])

@@ -16,7 +16,6 @@ What it guarantees, because the numbers depend on it:
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,8 +157,8 @@ class ImageFolderDataset:
     def relpath(self, i: int) -> str:
         return os.path.relpath(self.paths[i], self.root)
 
-    def batches(self, batch_size: int, limit: int | None = None, transform=None, pin_memory: bool | None = None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, limit: int | None = None, transform=None, pin_memory: bool | None = None,
+                shard: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(images, labels, sample indices) in the fixed order; corrupt files are skipped and recorded.
 
         ``transform`` maps a PIL RGB image to a [0,1] float tensor; None means
@@ -167,17 +166,22 @@ class ImageFolderDataset:
         held corrupt files; a batch made only of corrupt files is not yielded.
         ``pin_memory``: page-locked batches, for non-blocking copies to a GPU (``run_batches`` asks
         for them only when evaluating on CUDA); None: whenever CUDA is available.
+        ``shard=(rank, world)``: only batches ``i`` with ``i % world == rank`` (the single-process
+        batch boundaries), so under torchrun each rank decodes only its own files; ``corrupt``
+        then holds this rank's finds only (run_batches merges them across ranks).
         """
         n = len(self) if limit is None else min(limit, len(self))
         if n == 0:
             return
         files = _Files(self.paths, self.labels, transform if transform is not None else to_tensor_only())
-        n_batches = math.ceil(n / batch_size)
+        rank, world = shard or (0, 1)
+        owned = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)][rank::world]
+        if not owned:
+            return
         # Workers pay off from two batches on (decoding overlaps the model); one batch decodes in-process.
-        workers = 0 if n_batches == 1 else max(0, min(self.num_workers, n_batches))
+        workers = 0 if len(owned) == 1 else max(0, min(self.num_workers, len(owned)))
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(files, range(n)), batch_size=batch_size, shuffle=False,
-            num_workers=workers, collate_fn=_collate,
+            files, batch_sampler=owned, num_workers=workers, collate_fn=_collate,
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         )
         for x, y, idx, bad in loader:

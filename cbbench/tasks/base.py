@@ -170,8 +170,8 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     chunk: int | None = None  # forward size that fitted after an out-of-memory error; None: whole batches
     bar = ctx.progress(total=ctx.num_samples, desc=desc)
     try:
-        for i, (x, y, idx) in enumerate(_batches(ctx)):
-            if i % world_size != rank:
+        for x, y, idx, mine in _batches(ctx, rank, world_size):
+            if not mine:
                 bar.update(len(y))
                 continue
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
@@ -199,6 +199,8 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
         bar.close()
     local = {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
     outcomes = distributed.gather_outcomes(local)
+    if world_size > 1 and isinstance(getattr(ctx.dataset, "corrupt", None), dict):
+        ctx.dataset.corrupt.update(distributed.merged(ctx.dataset.corrupt))  # each rank decoded only its files
     if not len(outcomes["index"]):
         raise ValueError(f"dataset {ctx.dataset.name} yielded no samples (limit={ctx.limit})")
     return outcomes
@@ -209,12 +211,22 @@ def _to_numpy(value: torch.Tensor) -> np.ndarray:
     return np.array(value.detach().cpu().numpy(), copy=True)
 
 
-def _batches(ctx: TaskContext):
-    """The dataset's batches; datasets read by DataLoader workers pin memory only when evaluating on CUDA."""
+def _batches(ctx: TaskContext, rank: int, world_size: int):
+    """(x, y, idx, whether this rank evaluates it) for the dataset's batches, round robin across ranks.
+
+    Datasets read from files decode only this rank's batches (``shard``) and pin memory only
+    when evaluating on CUDA; in-memory datasets yield every batch and the others are skipped.
+    """
     kwargs = {"transform": ctx.transform}
-    if "pin_memory" in inspect.signature(ctx.dataset.batches).parameters:
+    params = inspect.signature(ctx.dataset.batches).parameters
+    if "pin_memory" in params:
         kwargs["pin_memory"] = pin_memory_for(ctx.device)
-    return ctx.dataset.batches(ctx.batch_size, ctx.limit, **kwargs)
+    if "shard" in params and world_size > 1:
+        for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, shard=(rank, world_size), **kwargs):
+            yield x, y, idx, True
+        return
+    for i, (x, y, idx) in enumerate(ctx.dataset.batches(ctx.batch_size, ctx.limit, **kwargs)):
+        yield x, y, idx, i % world_size == rank
 
 
 def pin_memory_for(device: torch.device) -> bool:
