@@ -79,10 +79,8 @@ def _robustbench(spec: ModelSpec, checkpoint_dir: str | Path | None):
     net = rbc.load_local_model(spec.arch, dataset=dataset, threat_model=threat, model_dir=robustbench_dir(checkpoint_dir))
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    ds, tm = BenchmarkDataset(dataset), ThreatModel(threat)
-    zoo_threat = ThreatModel(tm.value.replace("_3d", ""))
-    preprocessing = rb.model_zoo.model_dicts[ds][zoo_threat][spec.arch].get("preprocessing")
-    return net, rb.data.get_preprocessing(ds, tm, spec.arch, preprocessing)
+    # preprocessing=None: robustbench looks up the entry's own (zoo table, *_3d threat models included)
+    return net, rb.data.get_preprocessing(BenchmarkDataset(dataset), ThreatModel(threat), spec.arch, None)
 
 
 def resolve_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -> Path:

@@ -53,8 +53,6 @@ class GeneratedImageNetCTask(ImageNetCTask):
 
     def _cells(self, model, ctx: TaskContext):
         val = resolve_dataset(ctx, "imagenet_val")
-        if getattr(ctx, "num_workers", None) is not None:
-            val.num_workers = ctx.num_workers
         sub = replace(ctx, dataset=val, transform=imagenet_c_crop())
 
         def cell(c: str, s: int):
