@@ -158,7 +158,7 @@ class ImageFolderDataset:
         return os.path.relpath(self.paths[i], self.root)
 
     def batches(self, batch_size: int, limit: int | None = None, transform=None, pin_memory: bool | None = None,
-                shard: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                only: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(images, labels, sample indices) in the fixed order; corrupt files are skipped and recorded.
 
         ``transform`` maps a PIL RGB image to a [0,1] float tensor; None means
@@ -166,16 +166,18 @@ class ImageFolderDataset:
         held corrupt files; a batch made only of corrupt files is not yielded.
         ``pin_memory``: page-locked batches, for non-blocking copies to a GPU (``run_batches`` asks
         for them only when evaluating on CUDA); None: whenever CUDA is available.
-        ``shard=(rank, world)``: only batches ``i`` with ``i % world == rank`` (the single-process
-        batch boundaries), so under torchrun each rank decodes only its own files; ``corrupt``
-        then holds this rank's finds only (run_batches merges them across ranks).
+        ``only``: the numbers of the batches to read (of the single-process batch boundaries), the
+        others are neither decoded nor yielded: a torchrun rank's share (``range(rank, n_batches,
+        world)``), or what ``make-c`` still has to write. ``corrupt`` then holds the finds in
+        those batches only (run_batches merges them across ranks).
         """
         n = len(self) if limit is None else min(limit, len(self))
         if n == 0:
             return
         files = _Files(self.paths, self.labels, transform if transform is not None else to_tensor_only())
-        rank, world = shard or (0, 1)
-        owned = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)][rank::world]
+        owned = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+        if only is not None:
+            owned = [owned[i] for i in only]
         if not owned:
             return
         # Workers pay off from two batches on (decoding overlaps the model); one batch decodes in-process.

@@ -112,16 +112,13 @@ def make_c(src: str | Path, out: str | Path, corruptions: Sequence[str], severit
     def dest(c: str, s: int, i: int) -> Path:
         return out / c / str(s) / val.relpath(i)
 
-    todo = [start for start in range(0, n, batch_size)
+    # Batches whose files all exist are not even decoded (resuming a 50,000-image tree costs stats only).
+    todo = [b for b, start in enumerate(range(0, n, batch_size))
             if not all(dest(c, s, i).is_file() for c, s in targets for i in range(start, min(start + batch_size, n)))]
-    counts["existing"] = (n - sum(min(batch_size, n - st) for st in todo)) * len(targets)
+    counts["existing"] = (n - sum(min(batch_size, n - b * batch_size) for b in todo)) * len(targets)
     if bar:
         bar.update(counts["existing"])
-    pending = set(todo)
-    for x, _, idx in val.batches(batch_size, n, transform=imagenet_c_crop()):
-        start = (int(idx[0]) // batch_size) * batch_size
-        if start not in pending:
-            continue
+    for x, _, idx in val.batches(batch_size, n, transform=imagenet_c_crop(), only=todo):
         x = x.to(device)
         for c, s in targets:
             if all(dest(c, s, int(i)).is_file() for i in idx):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import logging
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -214,15 +215,16 @@ def _to_numpy(value: torch.Tensor) -> np.ndarray:
 def _batches(ctx: TaskContext, rank: int, world_size: int):
     """(x, y, idx, whether this rank evaluates it) for the dataset's batches, round robin across ranks.
 
-    Datasets read from files decode only this rank's batches (``shard``) and pin memory only
+    Datasets read from files decode only this rank's batches (``only``) and pin memory only
     when evaluating on CUDA; in-memory datasets yield every batch and the others are skipped.
     """
     kwargs = {"transform": ctx.transform}
     params = inspect.signature(ctx.dataset.batches).parameters
     if "pin_memory" in params:
         kwargs["pin_memory"] = pin_memory_for(ctx.device)
-    if "shard" in params and world_size > 1:
-        for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, shard=(rank, world_size), **kwargs):
+    if "only" in params and world_size > 1:
+        mine = range(rank, math.ceil(ctx.num_samples / ctx.batch_size), world_size)
+        for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, only=mine, **kwargs):
             yield x, y, idx, True
         return
     for i, (x, y, idx) in enumerate(ctx.dataset.batches(ctx.batch_size, ctx.limit, **kwargs)):
