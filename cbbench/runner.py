@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 import traceback
@@ -25,6 +26,10 @@ from cbbench.tasks import TASKS, TaskContext
 from cbbench.tasks.base import Pipeline
 
 log = logging.getLogger(__name__)
+
+# How often a running cell writes its finished batches to the store (tasks/stream.py): the most work a
+# kill -9 can lose. A write costs milliseconds; set CBBENCH_STREAM_EVERY_S to change it.
+STREAM_EVERY_S = float(os.environ.get("CBBENCH_STREAM_EVERY_S", "30"))
 
 
 @dataclass
@@ -158,6 +163,8 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 elif distributed.from_main(store.has(key)) and not config.force:
                     outcome = CellOutcome(spec.name, task.name, "cached")
                 else:
+                    if config.force:
+                        store.delete_parts(key)  # also what an interrupted attempt stored
                     outcome = _evaluate(store, ident, task, model, partners.get(spec.name), dataset, config,
                                         device, base, progress, data_root)
                 store.add_run_cell(summary.run_id, position, key, spec.name, task.name)
@@ -227,7 +234,8 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
                       seed=config.seed, data_root=data_root, transform=getattr(model, "eval_transform", None),
                       partner=partner, pipeline=config.pipeline,
                       load_part=lambda part: store.get_part(key, part),
-                      save_part=lambda part, arrays: store.put_part(key, part, arrays))
+                      save_part=lambda part, arrays: store.put_part(key, part, arrays),
+                      load_parts=lambda prefix: store.get_parts(key, prefix), stream_every_s=STREAM_EVERY_S)
     if progress is not None:
         ctx.progress = progress
     t0 = time.perf_counter()

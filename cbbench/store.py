@@ -153,6 +153,17 @@ class Store:
         row = self.db.execute("SELECT payload FROM parts WHERE cell_key=? AND part=?", (key, part)).fetchone()
         return unpack(row[0]) if row else None
 
+    def get_parts(self, key: str, prefix: str) -> list[dict[str, np.ndarray]]:
+        """The parts whose names start with ``prefix``, in name order."""
+        rows = self.db.execute("SELECT payload FROM parts WHERE cell_key=? AND substr(part, 1, ?)=? ORDER BY part",
+                               (key, len(prefix), prefix))
+        return [unpack(row[0]) for row in rows]
+
+    def delete_parts(self, key: str) -> None:
+        """Forget what an interrupted attempt at a cell stored (``--force``: recompute everything)."""
+        with self.db:
+            self.db.execute("DELETE FROM parts WHERE cell_key=?", (key,))
+
     def put_part(self, key: str, part: str, arrays: dict[str, np.ndarray]) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO parts VALUES (?,?,?)", (key, part, pack(arrays)))
@@ -176,8 +187,10 @@ class Store:
         return [r[0] for r in self.db.execute("SELECT DISTINCT suite FROM runs ORDER BY suite")]
 
     def latest_run(self, suite: str) -> tuple[int, dict] | None:
-        row = self.db.execute("SELECT run_id, config FROM runs WHERE suite=? ORDER BY run_id DESC LIMIT 1",
-                              (suite,)).fetchone()
+        """The latest finished run of ``suite`` (else the latest run): a run still going on in another
+        process, or one that was killed, is not reported while a finished one exists."""
+        row = self.db.execute("SELECT run_id, config FROM runs WHERE suite=? "
+                              "ORDER BY finished IS NOT NULL DESC, run_id DESC LIMIT 1", (suite,)).fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
     def run_cells(self, run_id: int) -> list[Cell]:

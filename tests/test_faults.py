@@ -8,6 +8,7 @@ progress.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -49,11 +50,12 @@ def checkpoints(tmp_path_factory):
 
 
 def env(checkpoints) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CBBENCH_CKPT": str(checkpoints)}
+    """One thread (numbers equal the in-process reference's); every finished batch streamed to the store."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CBBENCH_CKPT": str(checkpoints), "CBBENCH_STREAM_EVERY_S": "0"}
 
 
-def start(results, checkpoints) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cbbench", *ARGS, "--results", str(results)], env=env(checkpoints),
+def start(results, checkpoints, args=ARGS) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cbbench", *args, "--results", str(results)], env=env(checkpoints),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -148,6 +150,51 @@ def test_kill_9_mid_suite_then_two_concurrent_reruns_give_the_uninterrupted_resu
     assert_same_results(results, reference)
 
 
+def test_kill_9_in_the_middle_of_a_cell_then_the_rerun_evaluates_only_the_batches_not_stored(
+        checkpoints, tmp_path):
+    """clean on all 360 digits in batches of 8: killed once some batches are in the store, the rerun reads
+    them back, evaluates the rest, and the cell equals an uninterrupted run's."""
+    from cbbench.cli import main
+
+    args = ["run", "--suite", "robustness", "--tasks", "clean", "--models", "demo_vit", "--batch-size", "8"]
+    reference = tmp_path / "reference"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*args, "--results", str(reference), "--checkpoints", str(checkpoints)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    results = tmp_path / "killed"
+    proc = start(results, checkpoints, args)
+    deadline = time.monotonic() + 240
+    try:
+        while counts(results / "cbbench.sqlite")[1] < 3:  # three batches stored, the cell not finished
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no stored batch after 240 s"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    done, stored, _ = counts(results / "cbbench.sqlite")
+    assert done == 0 and 3 <= stored < 45, "the kill must land inside the cell's batch loop"
+
+    rerun = start(results, checkpoints, args)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-3000:]
+    with Store(results) as store, Store(reference) as ref:
+        (cell,) = store.run_cells(store.latest_run("robustness")[0])
+        (want,) = ref.run_cells(ref.latest_run("robustness")[0])
+        assert store.db.execute("SELECT COUNT(*) FROM parts").fetchone()[0] == 0, "stored batches must be deleted"
+    notes = cell.provenance["pipeline"]["notes"]
+    resumed = [int(m[1]) for n in notes if (m := re.search(r"resumed an interrupted attempt \((\d+) samples", n))]
+    assert resumed and resumed[0] == 8 * stored, notes
+    assert cell.metrics == want.metrics
+    for name, values in want.samples.items():
+        np.testing.assert_array_equal(cell.samples[name], values, err_msg=name)
+
+
 def test_a_task_failing_midway_keeps_earlier_cells_and_parts_and_the_rerun_completes(
         checkpoints, reference, tmp_path, monkeypatch):
     """corruptions on demo_vit raises after some of its 75 parts: the clean cells stay as written, the
@@ -178,7 +225,8 @@ def test_a_task_failing_midway_keeps_earlier_cells_and_parts_and_the_rerun_compl
             before = {row[0]: row[1:] for row in store.db.execute(
                 "SELECT key, created, metrics, samples FROM cells WHERE status='ok'")}
             (failed_key,) = [r[0] for r in store.db.execute("SELECT key FROM cells WHERE status='failed'")]
-            stored_parts = store.db.execute("SELECT COUNT(*) FROM parts WHERE cell_key=?", (failed_key,)).fetchone()[0]
+            stored_parts = store.db.execute(  # the task's named parts (not the batch loops' streamed outcomes)
+                "SELECT COUNT(*) FROM parts WHERE cell_key=? AND part NOT LIKE 'batches:%'", (failed_key,)).fetchone()[0]
         assert stored_parts == 9
 
         calls.update(n=0, fail_at=-1)
@@ -273,3 +321,28 @@ def test_out_of_memory_is_a_failed_cell_with_its_reason_in_the_store(checkpoints
                             checkpoints=str(checkpoints)))
     assert [o.status for o in summary.outcomes] == ["failed"]
     assert "OutOfMemoryError: out of memory in the evaluation forward of a single image" in summary.failed[0].reason
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_rerun_reads_back_the_batches_an_interrupted_cell_stored_unless_forced(checkpoints, tmp_path, monkeypatch,
+                                                                                force):
+    from cbbench import runner
+    from cbbench.runner import RunConfig, run
+
+    monkeypatch.setattr(runner, "STREAM_EVERY_S", 0.0)
+    config = RunConfig(suite="robustness", tasks=["clean"], models=["demo_vit"], limit=16, batch_size=4,
+                       results=str(tmp_path), checkpoints=str(checkpoints))
+    original, calls = tasks_base._forward, {"n": 0, "fail_at": 3}
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise RuntimeError("simulated failure in batch 3 of 4")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks_base, "_forward", failing_forward)
+    assert [o.status for o in run(config).outcomes] == ["failed"]
+    calls.update(n=0, fail_at=-1)
+    rerun = run(dataclasses.replace(config, force=force))
+    assert [o.status for o in rerun.outcomes] == ["ok"]
+    assert calls["n"] == (4 if force else 2), "batches 1-2 are read back, unless --force"

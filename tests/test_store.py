@@ -76,6 +76,19 @@ def test_latest_run_lists_its_cells_in_order(tmp_path):
         assert store.latest_run("other") is None
 
 
+def test_the_report_shows_the_latest_finished_run_not_one_still_going_on_elsewhere(tmp_path):
+    """Two processes running one suite on one store: the first to finish must not report the other's
+    half-done run (found as a flaky report in tests/test_faults.py's concurrent reruns)."""
+    with Store(tmp_path) as store:
+        first = store.start_run("robustness", {"who": "first"})
+        assert store.latest_run("robustness")[0] == first  # nothing finished yet: the latest
+        second = store.start_run("robustness", {"who": "second"})
+        store.finish_run(first)
+        assert store.latest_run("robustness")[0] == first
+        store.finish_run(second)
+        assert store.latest_run("robustness")[0] == second
+
+
 def _writer(path, worker, n):
     with Store(path) as store:
         for i in range(n):

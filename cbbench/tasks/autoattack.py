@@ -113,8 +113,9 @@ class AutoAttackTask(Task):
             return x_adv
 
         # AutoAttack's own predictions travel with the outcomes (gathered across ranks under torchrun).
-        adv = run_batches(model, sub, perturb, desc=self.name, extras=lambda: {"autoattack_pred": current.pop(
-            "autoattack_pred")})
+        # Not streamed: each batch's attack is already a stored part, and its warnings come from perturb.
+        adv = run_batches(model, sub, perturb, desc=self.name, stream=False,
+                          extras=lambda: {"autoattack_pred": current.pop("autoattack_pred")})
         notes = [f"AutoAttack warning: {w}" for w in _gather_strings(warnings)]
         if hasattr(sub.dataset, "corrupt_within"):
             from cbbench.tasks.imagenet import corrupt_note

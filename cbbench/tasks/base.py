@@ -20,6 +20,7 @@ import torch
 
 from cbbench import distributed
 from cbbench.registry import Registry
+from cbbench.tasks.stream import OutcomeStream
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,12 @@ class TaskContext:
     progress: Callable[..., Any] = lambda total, desc: _NoProgress()
     load_part: Callable[[str], dict | None] = lambda part: None
     save_part: Callable[[str, dict], None] = lambda part, arrays: None
+    # Every stored part whose name starts with the given prefix (run_batches' streamed outcomes).
+    load_parts: Callable[[str], list[dict]] = lambda prefix: []
+    # Seconds between writes of run_batches' outcomes to the store (tasks/stream.py); None: no streaming
+    # (a context without a store). The runner sets it.
+    stream_every_s: float | None = None
+    streams: set[str] = field(default_factory=set)  # stream names used in this cell (must be unique)
     pipeline: Pipeline = Pipeline()
     # What the batch loop had to do differently (an out-of-memory split); shared by replace()d copies,
     # the runner puts it in the cell's provenance.
@@ -145,7 +152,8 @@ Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | None = None,
                 desc: str = "", class_subset: torch.Tensor | None = None,
-                extras: Callable[[], dict[str, torch.Tensor]] | None = None) -> dict[str, np.ndarray]:
+                extras: Callable[[], dict[str, torch.Tensor]] | None = None, stream: bool = True
+                ) -> dict[str, np.ndarray]:
     """Evaluate ``model`` on ``ctx.dataset`` (optionally perturbed), keeping per-sample outcomes.
 
     ``class_subset`` (logit indices, e.g. ImageNet-A's 200 classes) restricts the
@@ -160,20 +168,29 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     torch.compile); the perturbation does not. A forward that runs out of memory
     is retried on halves of the batch, down to one image (``_forward``).
 
+    Outcomes are written to the store as the loop goes (``ctx.stream_every_s``;
+    tasks/stream.py), so a rerun after an interruption evaluates only the batches
+    not yet stored. ``stream=False`` for loops whose batches carry state beyond
+    their outcomes; ``desc`` names the stream and must be unique within a task.
+
     Under torch.distributed each rank takes every world-th batch and the
     outcomes are gathered and re-ordered by sample index, so the result is the
-    same as in one process.
+    same as in one process (no streaming there: only rank 0 writes the store).
     """
-    # Per batch, small numpy arrays (not tensors): ~31 bytes per sample for the standard outcomes.
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "label", "pred", "correct", "correct_top5",
-                                                          "confidence", "finite")}
     rank, world_size = distributed.world()
+    # Per batch, small numpy arrays (not tensors): ~31 bytes per sample for the standard outcomes.
+    record = OutcomeStream(ctx, desc, stream and ctx.stream_every_s is not None and world_size == 1)
     chunk: int | None = None  # forward size that fitted after an out-of-memory error; None: whole batches
     bar = ctx.progress(total=ctx.num_samples, desc=desc)
+    if record.resumed_samples:
+        _note(ctx, f"{desc or 'batch loop'}: resumed an interrupted attempt ({record.resumed_samples} samples "
+                   "read back from the store)")
+        bar.update(record.resumed_samples)
     try:
-        for x, y, idx, mine in _batches(ctx, rank, world_size):
-            if not mine:
-                bar.update(len(y))
+        for x, y, idx, mine in _batches(ctx, rank, world_size, skip=record.done):
+            if not mine:  # another rank's batch, or one read back from the store
+                if world_size > 1:
+                    bar.update(len(y))
                 continue
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             if perturb is not None:
@@ -189,16 +206,16 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
             correct = (pred == y) & finite
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct_top5 = (top5 == y[:, None]).any(dim=1) & finite
-            for key, value in (("index", idx), ("label", y), ("pred", pred), ("correct", correct),
-                               ("correct_top5", correct_top5),
-                               ("confidence", torch.nan_to_num(confidence, nan=0.0)), ("finite", finite)):
-                parts[key].append(_to_numpy(value))
-            for key, value in (extras() if extras else {}).items():
-                parts.setdefault(key, []).append(_to_numpy(value))
+            arrays = {"index": idx, "label": y, "pred": pred, "correct": correct, "correct_top5": correct_top5,
+                      "confidence": torch.nan_to_num(confidence, nan=0.0), "finite": finite,
+                      **(extras() if extras else {})}
+            record.add(int(idx[0]) // ctx.batch_size, {k: _to_numpy(v) for k, v in arrays.items()})
             bar.update(len(y))
     finally:
+        record.write()  # also when the loop raised: the next attempt starts from here
         bar.close()
-    local = {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
+    local = record.outcomes() or {k: np.empty(0) for k in ("index", "label", "pred", "correct", "correct_top5",
+                                                             "confidence", "finite")}
     outcomes = distributed.gather_outcomes(local)
     if world_size > 1 and isinstance(getattr(ctx.dataset, "corrupt", None), dict):
         ctx.dataset.corrupt.update(distributed.merged(ctx.dataset.corrupt))  # each rank decoded only its files
@@ -212,23 +229,25 @@ def _to_numpy(value: torch.Tensor) -> np.ndarray:
     return np.array(value.detach().cpu().numpy(), copy=True)
 
 
-def _batches(ctx: TaskContext, rank: int, world_size: int):
-    """(x, y, idx, whether this rank evaluates it) for the dataset's batches, round robin across ranks.
+def _batches(ctx: TaskContext, rank: int, world_size: int, skip: set[int]):
+    """(x, y, idx, whether to evaluate it) for the dataset's batches: round robin across ranks, less
+    the batch numbers in ``skip`` (already stored). A batch's number is its first sample index // batch size.
 
-    Datasets read from files decode only this rank's batches (``only``) and pin memory only
-    when evaluating on CUDA; in-memory datasets yield every batch and the others are skipped.
+    Datasets read from files decode only the batches to evaluate (``only``) and pin memory only
+    when evaluating on CUDA; in-memory datasets yield every batch and the others are passed over.
     """
     kwargs = {"transform": ctx.transform}
     params = inspect.signature(ctx.dataset.batches).parameters
     if "pin_memory" in params:
         kwargs["pin_memory"] = pin_memory_for(ctx.device)
-    if "only" in params and world_size > 1:
-        mine = range(rank, math.ceil(ctx.num_samples / ctx.batch_size), world_size)
+    mine = [b for b in range(rank, math.ceil(ctx.num_samples / ctx.batch_size), world_size) if b not in skip]
+    if "only" in params and (world_size > 1 or skip):
         for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, only=mine, **kwargs):
             yield x, y, idx, True
         return
-    for i, (x, y, idx) in enumerate(ctx.dataset.batches(ctx.batch_size, ctx.limit, **kwargs)):
-        yield x, y, idx, i % world_size == rank
+    wanted = set(mine)
+    for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, **kwargs):
+        yield x, y, idx, int(idx[0]) // ctx.batch_size in wanted
 
 
 def pin_memory_for(device: torch.device) -> bool:

@@ -176,7 +176,8 @@ class LinearProbeTask(Task):
         head, info = fit_linear_probe(feats, data.train.labels[index], data.num_classes, self.l2, self.max_iter,
                                       self.standardize, device=ctx.device)
         probe = ProbeModel(model, head).eval()
-        out = run_batches(probe, replace(ctx, dataset=data.test), desc=f"linear probe {self.dataset}")
+        # Not streamed: the model evaluated is trained in this task, so a rerun's batches may not match stored ones.
+        out = run_batches(probe, replace(ctx, dataset=data.test), desc=f"linear probe {self.dataset}", stream=False)
         metrics = _downstream_metrics(out, len(index))
         metrics["train_accuracy"] = info["train_accuracy"]
         metrics["feature_dim"] = float(feats.shape[1])
@@ -254,7 +255,8 @@ class FinetuneTask(Task):
         data = downstream_for(self, model, ctx)
         index = balanced_subset(data.train.labels, self.train_per_class, self.seed)
         tuned, history = finetune_copy(model, data.train, index, data.num_classes, self, ctx.seed, ctx.device)
-        out = run_batches(tuned, replace(ctx, dataset=data.test), desc=f"finetune {self.dataset}")
+        out = run_batches(tuned, replace(ctx, dataset=data.test), desc=f"finetune {self.dataset}",
+                          stream=False)  # trained in this task: not streamed, as the linear probe
         metrics = _downstream_metrics(out, len(index))
         metrics["train_loss"] = history[-1]["loss"]
         metrics["train_accuracy"] = history[-1]["train_acc"]
