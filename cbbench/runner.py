@@ -146,6 +146,8 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
             for spec in specs:
                 model = models.get(spec.name)
                 params = task.params()
+                if task.seeded_per_batch:  # its random draws follow the batch boundaries
+                    params["batch_size"] = config.batch_size
                 if getattr(task, "uses_partner", False):  # e.g. transfer attacks: the source is part of the cell
                     partner = partners.get(spec.name)
                     params["partner"] = f"{partner.spec.name}@{partner.weights_digest}" if partner else None

@@ -1,6 +1,7 @@
 """Tasks and the batch loop on tiny models and real digits."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -337,3 +338,28 @@ def test_pipeline_options_are_in_the_cell_key_the_provenance_and_the_report(tmp_
     assert "- evaluation forward: amp off, channels-last no, torch.compile no" in md  # the latest run: defaults
     with pytest.raises(ValueError, match="unknown --amp"):
         run(RunConfig(**base, amp="int8"))
+
+
+def test_tasks_seeded_per_batch_key_their_cells_by_batch_size_and_the_others_do_not(tmp_path):
+    """PGD's random start is seeded by each batch's first index, so another --batch-size gives other
+    numbers: it must be recomputed, not served from the cache; clean accuracy must not be."""
+    from cbbench.models.build import build_network
+    from cbbench.models.zoo import resolve
+    from cbbench.runner import RunConfig, run
+    from cbbench.store import Store
+    from cbbench.train import checkpoint_path
+
+    spec = resolve("demo_vit")
+    (tmp_path / "ckpt").mkdir()
+    torch.save(build_network(spec).state_dict(), checkpoint_path(spec, tmp_path / "ckpt"))
+    base = dict(models=["demo_vit"], tasks=["clean", "fgsm", "pgd", "corruptions_torch"], limit=8,
+                results=str(tmp_path / "r"), checkpoints=str(tmp_path / "ckpt"))
+    assert TASKS.get("pgd").seeded_per_batch and not TASKS.get("fgsm").seeded_per_batch
+    assert [o.status for o in run(RunConfig(**base, batch_size=4)).outcomes] == ["ok"] * 4
+    second = {o.task: o.status for o in run(RunConfig(**base, batch_size=8)).outcomes}
+    assert second == {"clean": "cached", "fgsm": "cached", "pgd": "ok", "corruptions_torch": "ok"}
+    assert {o.status for o in run(RunConfig(**base, batch_size=4)).outcomes} == {"cached"}
+    with Store(tmp_path / "r") as store:
+        sizes = sorted(json.loads(p).get("batch_size") for (p,) in store.db.execute(
+            "SELECT task_params FROM cells WHERE task='pgd'"))
+    assert sizes == [4, 8]

@@ -47,6 +47,10 @@ class LinfAttackTask(Task):
         return (f"PGD Linf eps={self.eps}, {self.steps} steps of {self.step_size}, {start}, "
                 "foolbox, eval mode, fp32 grads")
 
+    @property
+    def seeded_per_batch(self) -> bool:
+        return self.attack == "pgd" and self.random_start
+
     def perturb(self, model, ctx: TaskContext):
         from cbbench.attacks.linf import fgsm, pgd  # foolbox loads only when attacking
 

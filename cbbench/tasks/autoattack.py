@@ -68,6 +68,10 @@ class AutoAttackTask(Task):
         return Metric("accuracy", f"{label} robust acc.", True)
 
     @property
+    def seeded_per_batch(self) -> bool:
+        return True  # each batch's attack reseeds torch from (seed, the batch's first index)
+
+    @property
     def protocol(self) -> str:
         from cbbench.attacks.autoattack import VARIANTS
 

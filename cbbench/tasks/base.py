@@ -140,6 +140,12 @@ class Task:
     def params(self) -> dict:
         return asdict(self) if hasattr(self, "__dataclass_fields__") else {}
 
+    @property
+    def seeded_per_batch(self) -> bool:
+        """Whether its random draws are seeded per batch (from the batch's first sample index): its numbers
+        then depend on the batch size, which the runner adds to its cell key."""
+        return False
+
     def evaluate(self, model: torch.nn.Module, ctx: TaskContext) -> TaskResult:
         raise NotImplementedError
 

@@ -75,6 +75,10 @@ class CalibrationTask(Task):
     headline = Metric("ece/clean", "ECE clean (15 bins, L1)", False, percent=True, samples="ece_contribution")
 
     @property
+    def seeded_per_batch(self) -> bool:
+        return self.engine == "cbbench-torch"  # one generator per batch; the reference seeds each image
+
+    @property
     def protocol(self) -> str:
         return (f"top-label ECE (15 equal-width bins, L1) and Hendrycks' RMS calibration error (adaptive bins "
                 f"of 100, L2) on clean test images and on {len(self.corruptions)} ImageNet-C corruptions at "

@@ -85,6 +85,10 @@ class CorruptionTask(Task):
         return Metric("mean_accuracy", label, True)
 
     @property
+    def seeded_per_batch(self) -> bool:
+        return self.engine == "cbbench-torch"  # one generator per batch; the reference seeds each image
+
+    @property
     def protocol(self) -> str:
         return (f"ImageNet-C corruptions generated on the fly with {self.engine} (uint8-quantized), top-1 "
                 f"averaged over {len(self.corruptions)} corruptions x {len(self.severities)} severities; "

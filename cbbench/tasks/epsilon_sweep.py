@@ -102,6 +102,10 @@ class EpsilonSweepTask(Task):
                 f"fp32 grads; per-image worst case over eps <= each budget (cumulative); headline at "
                 f"{self.headline_eps}, auc = area under the worst-case curve / max eps")
 
+    @property
+    def seeded_per_batch(self) -> bool:
+        return self.attack != "fgsm" and self.random_start
+
     def perturb(self, model, ctx: TaskContext, eps: str):
         from cbbench.attacks.linf import fgsm, pgd  # foolbox loads only when attacking
 

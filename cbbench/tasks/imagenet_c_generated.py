@@ -44,6 +44,10 @@ class GeneratedImageNetCTask(ImageNetCTask):
         return Metric("mean_accuracy", f"IN-C generated acc. (mean 15x5, {self.engine})", True)
 
     @property
+    def seeded_per_batch(self) -> bool:
+        return self.engine == "cbbench-torch"  # one generator per batch; the reference seeds each image
+
+    @property
     def protocol(self) -> str:
         precomputed = ImageNetCTask.protocol.split(". error/", 1)[1]
         return (f"ImageNet-C GENERATED on the fly from ImageNet val (not the published files): Resize(256, "

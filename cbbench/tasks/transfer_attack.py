@@ -48,6 +48,10 @@ class TransferAttackTask(Task):
             raise ValueError(f"unknown transfer source {self.source!r}; only 'partner' (the paired model) exists")
         self._source_attack()  # validates steps / step size at registration
 
+    @property
+    def seeded_per_batch(self) -> bool:
+        return self.random_start
+
     def _source_attack(self) -> LinfAttackTask:
         return LinfAttackTask(attack="pgd", eps=self.eps, steps=self.steps, step_size=self.step_size,
                               random_start=self.random_start, task_name=f"{self.name} source")
