@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -59,18 +60,22 @@ def start(results, checkpoints, args=ARGS) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def reference(checkpoints, tmp_path_factory):
+def run_in_process(args, results, checkpoints) -> None:
     """An uninterrupted run, in-process with one torch thread like the subprocesses (so numbers match bit for bit)."""
     from cbbench.cli import main
 
-    results = tmp_path_factory.mktemp("reference")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main([*ARGS, "--results", str(results), "--checkpoints", str(checkpoints)]) == 0
+        assert main([*args, "--results", str(results), "--checkpoints", str(checkpoints)]) == 0
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints, tmp_path_factory):
+    results = tmp_path_factory.mktemp("reference")
+    run_in_process(ARGS, results, checkpoints)
     return results
 
 
@@ -113,25 +118,28 @@ def counts(db_path) -> tuple[int, int, int]:
         return 0, 0, 0
 
 
+def kill_9_when(proc: subprocess.Popen, db_path, ready: Callable[[tuple[int, int, int]], bool], waiting_for: str):
+    """SIGKILL ``proc`` as soon as ``ready(counts(db_path))``; fails if it ends first or 240 s pass."""
+    deadline = time.monotonic() + 240
+    try:
+        while not ready(counts(db_path)):
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, f"no {waiting_for} after 240 s"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_kill_9_mid_suite_then_two_concurrent_reruns_give_the_uninterrupted_results(checkpoints, reference, tmp_path):
     """A run is SIGKILLed with finished cells and a cell in progress; then two processes resume the same suite
     on that store at the same time. Both finish, the store is whole, no cell is duplicated or missing, and
     every number equals the uninterrupted run's (one rerun launch less than testing the two faults apart)."""
     results = tmp_path / "killed"
     proc = start(results, checkpoints)
-    deadline = time.monotonic() + 240
-    try:
-        while True:  # wait for finished cells AND a cell in progress (stored parts), then SIGKILL
-            done, parts, _ = counts(results / "cbbench.sqlite")
-            if done >= 1 and parts >= 1:
-                break
-            assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "no finished cell after 240 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate()
+    # finished cells AND a cell in progress (stored parts)
+    kill_9_when(proc, results / "cbbench.sqlite", lambda c: c[0] >= 1 and c[1] >= 1, "finished cell")
     assert proc.returncode == -signal.SIGKILL
     done, parts, finished_runs = counts(results / "cbbench.sqlite")
     assert done < N_CELLS and parts >= 1 and finished_runs == 0, "the kill must land mid-suite, mid-cell"
@@ -154,29 +162,13 @@ def test_kill_9_in_the_middle_of_a_cell_then_the_rerun_evaluates_only_the_batche
         checkpoints, tmp_path):
     """clean on all 360 digits in batches of 8: killed once some batches are in the store, the rerun reads
     them back, evaluates the rest, and the cell equals an uninterrupted run's."""
-    from cbbench.cli import main
-
     args = ["run", "--suite", "robustness", "--tasks", "clean", "--models", "demo_vit", "--batch-size", "8"]
     reference = tmp_path / "reference"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main([*args, "--results", str(reference), "--checkpoints", str(checkpoints)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    run_in_process(args, reference, checkpoints)
 
     results = tmp_path / "killed"
     proc = start(results, checkpoints, args)
-    deadline = time.monotonic() + 240
-    try:
-        while counts(results / "cbbench.sqlite")[1] < 3:  # three batches stored, the cell not finished
-            assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "no stored batch after 240 s"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate()
+    kill_9_when(proc, results / "cbbench.sqlite", lambda c: c[1] >= 3, "three stored batches")
     done, stored, _ = counts(results / "cbbench.sqlite")
     assert done == 0 and 3 <= stored < 45, "the kill must land inside the cell's batch loop"
 
@@ -195,6 +187,21 @@ def test_kill_9_in_the_middle_of_a_cell_then_the_rerun_evaluates_only_the_batche
         np.testing.assert_array_equal(cell.samples[name], values, err_msg=name)
 
 
+def fail_forward_at(monkeypatch, n: int, message: str) -> dict:
+    """Make the ``n``-th evaluation forward raise ``message``; the returned counts (``n`` forwards so far,
+    ``fail_at``) can be reset, e.g. ``calls.update(n=0, fail_at=-1)`` for a rerun that must not fail."""
+    original, calls = tasks_base._forward, {"n": 0, "fail_at": n}
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise RuntimeError(message)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks_base, "_forward", failing_forward)
+    return calls
+
+
 def test_a_task_failing_midway_keeps_earlier_cells_and_parts_and_the_rerun_completes(
         checkpoints, reference, tmp_path, monkeypatch):
     """corruptions on demo_vit raises after some of its 75 parts: the clean cells stay as written, the
@@ -204,15 +211,7 @@ def test_a_task_failing_midway_keeps_earlier_cells_and_parts_and_the_rerun_compl
     config = RunConfig(suite="robustness", tasks=TASK_NAMES, limit=4, batch_size=4, results=str(tmp_path),
                        checkpoints=str(checkpoints))
     # One forward per cell or part: the 2 clean cells, 9 parts of corruptions on demo_vit, then the failure.
-    original, calls = tasks_base._forward, {"n": 0, "fail_at": 2 + 9 + 1}
-
-    def failing_forward(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == calls["fail_at"]:
-            raise RuntimeError("simulated failure midway")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tasks_base, "_forward", failing_forward)
+    calls = fail_forward_at(monkeypatch, 2 + 9 + 1, "simulated failure midway")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -332,15 +331,7 @@ def test_a_rerun_reads_back_the_batches_an_interrupted_cell_stored_unless_forced
     monkeypatch.setattr(runner, "STREAM_EVERY_S", 0.0)
     config = RunConfig(suite="robustness", tasks=["clean"], models=["demo_vit"], limit=16, batch_size=4,
                        results=str(tmp_path), checkpoints=str(checkpoints))
-    original, calls = tasks_base._forward, {"n": 0, "fail_at": 3}
-
-    def failing_forward(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == calls["fail_at"]:
-            raise RuntimeError("simulated failure in batch 3 of 4")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tasks_base, "_forward", failing_forward)
+    calls = fail_forward_at(monkeypatch, 3, "simulated failure in batch 3 of 4")
     assert [o.status for o in run(config).outcomes] == ["failed"]
     calls.update(n=0, fail_at=-1)
     rerun = run(dataclasses.replace(config, force=force))
