@@ -34,7 +34,7 @@ import numpy as np
 from cbbench.corruptions.reference import BENCHMARK_CORRUPTIONS
 from cbbench.metrics import expected_calibration_error, rms_calibration_error
 from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, run_batches
-from cbbench.tasks.corruptions import _corrupted
+from cbbench.tasks.corruptions import _corrupted, engine_seeds_per_batch
 
 ECE_BINS = 15
 RMS_BIN_SIZE = 100
@@ -76,7 +76,7 @@ class CalibrationTask(Task):
 
     @property
     def seeded_per_batch(self) -> bool:
-        return self.engine == "cbbench-torch"  # one generator per batch; the reference seeds each image
+        return engine_seeds_per_batch(self.engine)
 
     @property
     def protocol(self) -> str:

@@ -31,6 +31,12 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"unknown corruption engine {engine!r}; choose one of {ENGINES}")
 
 
+def engine_seeds_per_batch(engine: str) -> bool:
+    """Whether ``engine``'s draws follow the batch boundaries (``corrupt_batch``: the torch engine draws from
+    one generator per batch; the reference seeds each image), so a task using it is ``seeded_per_batch``."""
+    return engine == "cbbench-torch"
+
+
 def corrupt_batch(x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int,
                   engine: str = ENGINES[0]) -> torch.Tensor:
     """Corrupt a batch of sample indices ``idx``, reproducibly from ``seed`` and those indices (uint8 grid).
@@ -86,7 +92,7 @@ class CorruptionTask(Task):
 
     @property
     def seeded_per_batch(self) -> bool:
-        return self.engine == "cbbench-torch"  # one generator per batch; the reference seeds each image
+        return engine_seeds_per_batch(self.engine)
 
     @property
     def protocol(self) -> str:

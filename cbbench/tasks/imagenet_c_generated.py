@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from cbbench.data.make_c import imagenet_c_crop, jpeg_roundtrip
 from cbbench.tasks.base import TASKS, Metric, TaskContext, run_batches
-from cbbench.tasks.corruptions import _corrupted, check_engine
+from cbbench.tasks.corruptions import _corrupted, check_engine, engine_seeds_per_batch
 from cbbench.tasks.imagenet import ImageNetCTask, _slim, resolve_dataset
 
 
@@ -45,7 +45,7 @@ class GeneratedImageNetCTask(ImageNetCTask):
 
     @property
     def seeded_per_batch(self) -> bool:
-        return self.engine == "cbbench-torch"  # one generator per batch; the reference seeds each image
+        return engine_seeds_per_batch(self.engine)
 
     @property
     def protocol(self) -> str:
