@@ -15,8 +15,8 @@ EXIT_USAGE, EXIT_FAILED_CELLS = 2, 1
 def _progress_factory():
     from tqdm.auto import tqdm
 
-    def progress(total: int, desc: str):
-        return tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr, dynamic_ncols=True)
+    def progress(total: int, desc: str, unit: str = "img"):
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
     return progress
 
 

@@ -100,6 +100,8 @@ def pick_device(name: str) -> torch.device:
 def provenance(device: torch.device) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
+    from cbbench.machine import cpu_model
+
     versions = {}
     for pkg in ("cbbench", "torch", "timm", "foolbox", "numpy", "imagecorruptions"):
         try:
@@ -110,6 +112,8 @@ def provenance(device: torch.device) -> dict:
         "versions": versions,
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -138,7 +142,7 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
             dataset, missing = load_dataset(suite.dataset, data_root), None
         except DatasetMissingError as exc:
             dataset, missing = None, str(exc)
-        models, unavailable = _load_models(specs, dataset, device, config, say)
+        models, unavailable = _load_models(specs, dataset, device, config, say, progress)
         partners = _partners(models)
         base = provenance(device)
         position = 0
@@ -181,12 +185,17 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
     return summary
 
 
-def _load_models(specs, dataset, device, config, say) -> tuple[dict, dict[str, str]]:
+def _load_models(specs, dataset, device, config, say, progress=None) -> tuple[dict, dict[str, str]]:
     """Load every model once. Weights that are not on disk make that model's cells skipped (with the
-    reason); a checkpoint that does not fit its model is an error, as is a class-count mismatch."""
+    reason); a checkpoint that does not fit its model is an error, as is a class-count mismatch.
+    Models trained by cbbench that are not cached yet are trained first, in parallel."""
     models, unavailable = {}, {}
     if not distributed.is_main():
         distributed.barrier()  # rank 0 loads first: it trains demo models once, the others reuse them
+    else:
+        from cbbench.train import train_missing
+
+        train_missing(specs, config.checkpoints, device, config.data_root, say, progress)
     for spec in specs:
         say(f"loading model {spec.name}")
         try:
@@ -253,7 +262,8 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
         return CellOutcome(ident["model"], task.name, "failed", reason)
     wall = time.perf_counter() - t0
     prov = dict(base, wall_s=wall, batch_size=config.batch_size, protocol=task.protocol, notes=result.notes,
-                num_params=sum(p.numel() for p in model.parameters()),
+                num_params=sum(p.numel() for p in model.parameters()), weights_digest=model.weights_digest,
+                trained_on=getattr(model, "trained_on", None),
                 pipeline=dict(ctx.pipeline.describe(), notes=list(ctx.pipeline_notes)))
     store.put(**ident, status="ok", metrics=result.metrics, samples=result.samples, provenance=prov, wall_s=wall)
     return CellOutcome(ident["model"], task.name, "ok", wall_s=wall)

@@ -1,5 +1,10 @@
 """Training the demo and CIFAR models: a small DeiT-spirited recipe, deterministic on CPU and resumable.
 
+On CPU each model trains on one thread, so its weights do not depend on how many
+cores the machine has; several models train at once in worker processes
+(``train_missing``), one per core. The float kernels still differ between CPU
+types (AVX2 vs AVX-512), so the weights do too: conclusions rest on several seeds.
+
 AdamW, linear warmup then cosine decay (set per step, so resuming needs no
 scheduler state), label smoothing, random shifts (zero padding, i.e. the usual
 CIFAR "pad and random crop") and, for natural images, random horizontal flips as
@@ -12,13 +17,16 @@ CBBENCH_DATA, see cbbench/data/cifar.py), kept uint8 and converted per batch.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -116,11 +124,101 @@ def train_step(net, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer
     return loss.item() * len(y), int((logits.argmax(1) == y).sum().item())
 
 
+# Bump when a change to the training code changes the weights it produces, so cached checkpoints of the
+# old code are not reused (2: single-threaded CPU training).
+TRAINING_CODE_VERSION = 2
+
+
 def checkpoint_path(spec: ModelSpec, checkpoint_dir: str | Path | None = None) -> Path:
+    """Named by the spec, its recipe's values and the training code version: a change to any retrains."""
     from cbbench.paths import checkpoint_dir as default_dir
 
     root = Path(checkpoint_dir) if checkpoint_dir else default_dir()
-    return root / f"{spec.name}-{spec.identity()}.pth"
+    recipe = json.dumps({"recipe": asdict(RECIPES.get(spec.recipe)), "code": TRAINING_CODE_VERSION}, sort_keys=True)
+    return root / f"{spec.name}-{spec.identity()}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}.pth"
+
+
+@contextmanager
+def one_thread(device: torch.device):
+    """One intra-op thread for CPU training: thread count changes float reductions, hence the weights."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def training_machine(device: torch.device) -> dict:
+    """What the trained weights depend on besides the recipe: device, CPU and its float kernels, torch."""
+    from cbbench.machine import cpu_model
+
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
+
+
+def _train_in_worker(spec: ModelSpec, recipe: Recipe, path: Path, data_root, events) -> None:
+    """A worker process's job (module level, so it pickles): train one model, report each epoch. The recipe
+    travels with the job: a spawned worker only knows the recipes registered at import."""
+    train(spec, path, progress=events.put, data_root=data_root, recipe=recipe)
+
+
+def train_missing(specs: Iterable[ModelSpec], checkpoint_dir: str | Path | None = None,
+                  device: str | torch.device = "cpu", data_root: str | Path | None = None,
+                  say: Callable[[str], None] = lambda msg: None, progress: Callable | None = None) -> None:
+    """Train every spec with a recipe whose checkpoint is not cached yet, in parallel on CPU.
+
+    One worker process per core (each on one thread, so the weights equal those of a
+    lone ``train``); on a GPU, one after the other. A model whose data is missing is
+    left untrained: loading it reports the reason. Finished epochs survive an interrupt.
+    """
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    device = torch.device(device)
+    todo = [s for s in specs if s.weights == "train" and not checkpoint_path(s, checkpoint_dir).is_file()]
+    if not todo:
+        return
+    workers = min(len(todo), os.cpu_count() or 1) if device.type == "cpu" else 1
+    epochs = sum(RECIPES.get(s.recipe).epochs for s in todo)
+    say(f"training {len(todo)} model(s) on first use ({epochs} epochs in all, {workers} at a time on {device}; "
+        f"about {math.ceil(len(todo) / workers) * 0.5:.0f} min on a 2-core machine); checkpoints go to "
+        f"{checkpoint_path(todo[0], checkpoint_dir).parent}")
+    bar = progress(total=epochs, desc="training", unit="epoch") if progress else None
+    tick = (lambda entry: bar.update(1)) if bar else None
+    try:
+        if workers == 1:
+            for spec in todo:
+                try:
+                    train(spec, checkpoint_path(spec, checkpoint_dir), progress=tick, device=device,
+                          data_root=data_root)
+                except DatasetMissingError:
+                    continue
+            return
+        with mp.get_context("spawn").Manager() as manager, cf.ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn")) as pool:
+            events = manager.Queue()
+            jobs = [pool.submit(_train_in_worker, s, RECIPES.get(s.recipe), checkpoint_path(s, checkpoint_dir),
+                                data_root, events) for s in todo]
+            while any(not j.done() for j in jobs) or not events.empty():
+                try:
+                    entry = events.get(timeout=0.5)
+                except Exception:  # queue.Empty from the manager
+                    continue
+                if tick:
+                    tick(entry)
+            for job in jobs:
+                try:
+                    job.result()
+                except DatasetMissingError:
+                    continue
+    finally:
+        if bar:
+            bar.close()
 
 
 def trained_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None,
@@ -135,23 +233,28 @@ def trained_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None
 
 
 def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = None,
-          device: str | torch.device = "cpu", data_root: str | Path | None = None) -> Path:
+          device: str | torch.device = "cpu", data_root: str | Path | None = None,
+          recipe: Recipe | None = None) -> Path:
     """Train ``spec`` with its recipe, checkpointing every epoch to ``out``.partial; resumes from it.
 
-    Bit-for-bit deterministic on CPU; on a GPU the same recipe runs faster but
-    float reductions may differ in the last bits. ``data_root`` (None: CBBENCH_DATA)
-    is where CIFAR is read from; digits ignore it.
+    Bit-for-bit deterministic on one CPU type (one thread, whatever the core count);
+    another CPU type or a GPU gives other weights. ``data_root`` (None: CBBENCH_DATA)
+    is where CIFAR is read from; digits ignore it. ``recipe`` defaults to the spec's registered one.
     """
+    device = torch.device(device)
+    with one_thread(device):
+        return _train(spec, out, progress, device, data_root, recipe or RECIPES.get(spec.recipe))
+
+
+def _train(spec: ModelSpec, out: Path, progress, device: torch.device, data_root, recipe: Recipe) -> Path:
     from cbbench.models.build import build_network
 
-    recipe = RECIPES.get(spec.recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.pth")
     try:
         x_train, y_train = load_train_split(recipe.dataset, data_root)
     except DatasetMissingError as exc:
         raise DatasetMissingError(f"cannot train {spec.name} (recipe {spec.recipe}): {exc}") from exc
-    device = torch.device(device)
     net = build_network(spec).to(device)
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
@@ -193,7 +296,7 @@ def train(spec: ModelSpec, out: Path, progress: Callable[[dict], None] | None = 
             progress({"model": spec.name, "epochs": recipe.epochs, **entry})
     state_dict = {k: v.cpu() for k, v in net.state_dict().items()}
     _atomic_save({"state_dict": state_dict, "spec": spec.identity(), "recipe": asdict(recipe),
-                  "log": history, "device": str(device)}, out)
+                  "log": history, "device": str(device), "trained_on": training_machine(device)}, out)
     partial.unlink(missing_ok=True)
     return out
 

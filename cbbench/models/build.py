@@ -133,10 +133,10 @@ def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu"
     Demo and CIFAR models (weights="train") are trained on first use and cached in
     ``checkpoint_dir`` (default: the user cache dir, or CBBENCH_CKPT); CIFAR ones read
     their training data from ``data_root`` (default: CBBENCH_DATA).
-    The returned module carries ``spec`` and ``weights_digest`` attributes.
+    The returned module carries ``spec``, ``weights_digest`` and ``trained_on`` attributes.
     """
     spec = resolve(name_or_spec)
-    eval_transform = None
+    eval_transform = trained_on = None
     if spec.weights == "robustbench":
         net, eval_transform = _robustbench(spec, checkpoint_dir)
     elif spec.weights == "timm":
@@ -151,10 +151,12 @@ def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu"
 
             path = trained_checkpoint(spec, checkpoint_dir, device=device, data_root=data_root)
             load_state_dict_checked(net, read_state_dict(path), str(path))
+            trained_on = torch.load(path, map_location="cpu", weights_only=True).get("trained_on")
     from cbbench.data.transforms import eval_transform_for
 
     model = Normalized(net, spec.mean, spec.std).eval().to(device)
     model.eval_transform = eval_transform or eval_transform_for(net)  # for datasets read from image files
     model.spec = spec
     model.weights_digest = weights_digest(net)
+    model.trained_on = trained_on  # for models trained by cbbench: device, CPU and kernels (provenance)
     return model
