@@ -25,7 +25,7 @@ def put(store, run_id, pos, model, task, metrics, samples, params=None):
     store.add_run_cell(run_id, pos, key, model, task)
 
 
-def fixed_store(path) -> Store:
+def fixed_store(path, models=None) -> Store:
     """Two seeds per arm; CB is right on 2 more images out of 8 for seed 0, 1 more for seed 1."""
     store = Store(path)
     run_id = store.start_run("fixture", {"suite": "fixture", "seed": 0})
@@ -36,6 +36,8 @@ def fixed_store(path) -> Store:
         "demo_vit_s1": [1, 1, 1, 0, 0, 0, 0, 0], "demo_vit_cb_s1": [1, 1, 1, 1, 0, 0, 0, 0],
     }
     for model, correct in outcomes.items():
+        if models and model not in models:
+            continue
         correct = np.array(correct, bool)
         put(store, run_id, pos, model, "clean", {"accuracy": correct.mean(), "nonfinite": 0.0},
             {"correct": correct, "confidence": rng.uniform(0.5, 1, 8)})
@@ -52,7 +54,7 @@ def fixed_store(path) -> Store:
 
 def test_rendered_report_matches_the_golden_file(tmp_path):
     with fixed_store(tmp_path) as store:
-        markdown, summary, paired = render_suite(store, "fixture")
+        markdown, summary, paired, _ = render_suite(store, "fixture")
     if os.environ.get("CBBENCH_UPDATE_GOLDEN"):
         GOLDEN.write_text(markdown)
     assert markdown == GOLDEN.read_text(), "rendering changed: review, then CBBENCH_UPDATE_GOLDEN=1 pytest ..."
@@ -60,7 +62,7 @@ def test_rendered_report_matches_the_golden_file(tmp_path):
 
 def test_delta_and_mcnemar_are_the_hand_computed_ones(tmp_path):
     with fixed_store(tmp_path) as store:
-        markdown, summary, paired = render_suite(store, "fixture")
+        markdown, summary, paired, _ = render_suite(store, "fixture")
     clean = [r for r in paired if r["task"] == "clean"]
     assert [r["comparison"] for r in clean] == ["demo_vit_cb − demo_vit", "demo_vit_cb_s1 − demo_vit_s1"]
     assert clean[0]["_delta"] == pytest.approx(0.25) and clean[1]["_delta"] == pytest.approx(0.125)
@@ -68,8 +70,9 @@ def test_delta_and_mcnemar_are_the_hand_computed_ones(tmp_path):
     assert clean[0]["CB fixes / breaks"] == "2 / 0" and clean[0]["McNemar p"] == "0.5"
     entropy = [r for r in paired if r["task"] == "attention_entropy"][0]
     assert entropy["_delta"] == pytest.approx(-0.1, abs=1e-6) and entropy["McNemar p"] == "n/a"
-    # Across seeds: CB arm mean (75% + 50%) / 2 = 62.5; per-seed deltas +25 and +12.5 -> +18.8 ± 8.8
-    assert "| 62.5 ± 17.7 (n=2)" in markdown and "+18.8 ± 8.8 (n=2)" in markdown
+    # Across seeds: CB arm mean (75% + 50%) / 2 = 62.5; per-seed deltas +25 and +12.5 -> mean +18.75, std 8.84,
+    # 95% t-interval (1 df) 18.75 ± 12.706 * 8.84 / sqrt(2) = [-60.7, +98.2]
+    assert "| 62.5 ± 17.7 (n=2)" in markdown and "+18.8 [-60.7, +98.2] (n=2)" in markdown
     assert list(summary["model"]) == ["demo_vit", "demo_vit_cb", "demo_vit_s1", "demo_vit_cb_s1"]
 
 
@@ -79,15 +82,38 @@ def test_a_store_without_the_suite_renders_nothing(tmp_path):
 
 
 def test_claim_verdicts_need_the_whole_interval_on_one_side():
-    from cbbench.report.claims import cost_verdict, t_interval, verdict
+    from cbbench.report.claims import CONTRADICTED, INSUFFICIENT, NO_VERDICT, SUPPORTED, cost_verdict, judge, t_interval
 
     mean, std, low, high = t_interval([0.02, 0.03, 0.025])
     assert mean == pytest.approx(0.025) and std == pytest.approx(0.005)
     assert (low, high) == pytest.approx((0.025 - 4.302653 * 0.005 / 3 ** 0.5, 0.025 + 4.302653 * 0.005 / 3 ** 0.5))
-    assert verdict(low, high, +1) == "**supported**" and verdict(low, high, -1) == "**contradicted**"
-    assert verdict(-0.01, 0.02, +1).startswith("insufficient")
-    assert verdict(*t_interval([0.1])[2:], +1).startswith("insufficient evidence (one seed")
-    assert cost_verdict(-0.02, 0.03).startswith("**supported**")
-    assert cost_verdict(-0.3, -0.1).startswith("**contradicted**")
-    assert cost_verdict(-0.3, 0.2).startswith("insufficient")
-    assert cost_verdict(-0.107, -0.028).startswith("inconclusive: CB measurably slower")
+    assert judge(low, high, +1)[0] == SUPPORTED and judge(low, high, -1)[0] == CONTRADICTED
+    assert judge(-0.01, 0.02, +1)[0] == INSUFFICIENT
+    assert judge(*t_interval([0.1])[2:], +1)[0] == NO_VERDICT
+    assert cost_verdict(-0.02, 0.03)[0] == SUPPORTED
+    assert cost_verdict(-0.3, -0.1)[0] == CONTRADICTED
+    assert cost_verdict(-0.3, 0.2)[0] == INSUFFICIENT
+    assert "measurably slower" in cost_verdict(-0.107, -0.028)[1]
+
+
+def test_one_seed_pair_gives_no_verdict_and_says_why(tmp_path):
+    """A single seed pair's image-level interval must never be read as a verdict about CB."""
+    with fixed_store(tmp_path, models=("demo_vit", "demo_vit_cb")) as store:
+        markdown, _, _, judged = render_suite(store, "fixture")
+    assert judged and all(j.verdict == "no verdict" for j in judged)
+    verdict = markdown.split("## Verdict")[1].split("## ")[0]
+    assert "one training seed per arm" in verdict and "**no verdict**" in verdict
+    assert "**supported**" not in markdown and "**contradicted**" not in markdown
+
+
+def test_verdicts_come_first_and_across_seeds(tmp_path):
+    with fixed_store(tmp_path) as store:
+        markdown, _, _, judged = render_suite(store, "fixture")
+    assert markdown.index("## Verdict") < markdown.index("## Leaderboard across training seeds") < markdown.index(
+        "## Per training seed")
+    clean = next(j for j in judged if j.claim == "CB improves clean accuracy")
+    # per-seed Δ +25 and +12.5 pp: mean 18.75, t(1) interval 18.75 ± 12.706 * 8.84 / sqrt(2) -> includes 0
+    assert clean.values == pytest.approx([0.25, 0.125]) and clean.verdict == "insufficient evidence"
+    assert clean.low == pytest.approx(0.1875 - 12.7062 * 0.0883883 / 2 ** 0.5, abs=1e-4)
+    entropy = next(j for j in judged if "entropy" in j.claim)
+    assert entropy.values == pytest.approx([-0.1, -0.1]) and entropy.verdict == "supported"

@@ -1,30 +1,75 @@
-"""The paper's claims next to what was measured, with intervals across training seeds.
+"""The paper's claims judged across training seeds: one set of verdict rules for every suite.
 
-Each claim is judged from per-seed paired differences (CB seed k minus baseline
-seed k, same recipe and images): mean, sample std and a 95% t-interval across
-seeds. "supported" / "contradicted" need the whole interval on one side of 0;
-otherwise the evidence is called insufficient, which with 3 seeds is common.
+A claim is judged from the per-seed paired differences (CB seed k minus baseline
+seed k, same recipe and test images): their mean and a 95% Student-t interval
+across seeds. "supported" / "contradicted" need the whole interval on one side
+of 0; otherwise the evidence is insufficient. One seed pair gives no verdict:
+an interval over images says nothing about training randomness, which moves a
+single pair's difference by more than CB does (the same recipe on another CPU
+flipped its sign).
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 
 from cbbench.report.pairing import pair_of
 
-# (claim, task, metric key, percent?, sign that supports the claim)
-DELTA_CLAIMS = [
-    ("CB improves clean accuracy", "clean", "accuracy", True, +1),
-    ("CB improves corruption robustness", "corruptions", "mean_accuracy", True, +1),
-    ("CB improves adversarial robustness (FGSM)", "fgsm", "accuracy", True, +1),
-    ("CB improves adversarial robustness (PGD)", "pgd", "accuracy", True, +1),
-    ("CB improves generalization (linear probe)", "linear_probe", "accuracy", True, +1),
-    ("CB improves generalization (fine-tuning)", "finetune", "accuracy", True, +1),
-    ("CB lowers attention entropy (sparser maps)", "attention_entropy", "mean_entropy", False, -1),
+SUPPORTED, CONTRADICTED, INSUFFICIENT, NO_VERDICT = "supported", "contradicted", "insufficient evidence", "no verdict"
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    tasks: tuple[str, ...]  # the first of these in a run is judged (engines of one measurement)
+    key: str
+    label: str
+    percent: bool
+    sign: int  # +1: CB should raise the metric; -1: lower it
+
+
+CLAIMS = [
+    Claim("CB improves clean accuracy", ("clean",), "accuracy", "clean top-1", True, +1),
+    Claim("CB improves corruption robustness", ("corruptions", "corruptions_torch"), "mean_accuracy",
+          "mean accuracy over the 15 corruptions x 5 severities", True, +1),
+    Claim("CB improves adversarial robustness (FGSM)", ("fgsm",), "accuracy", "FGSM robust accuracy", True, +1),
+    Claim("CB improves adversarial robustness (PGD)", ("pgd",), "accuracy", "PGD-5 robust accuracy", True, +1),
+    Claim("CB improves adversarial robustness (strong PGD)", ("pgd_strong",), "accuracy",
+          "PGD-10 (4/255) robust accuracy", True, +1),
+    Claim("CB improves generalization (linear probe)", ("linear_probe",), "accuracy", "linear-probe top-1", True, +1),
+    Claim("CB improves generalization (fine-tuning)", ("finetune",), "accuracy", "fine-tune top-1", True, +1),
+    Claim("CB lowers attention entropy (sparser maps)", ("attention_entropy",), "mean_entropy",
+          "mean attention entropy H/log N", False, -1),
 ]
+
+
+@dataclass
+class Judged:
+    """One claim for one model size: the per-seed values behind it and the verdict."""
+    claim: str
+    size: str
+    label: str
+    values: list[float]
+    percent: bool
+    verdict: str
+    why: str
+    interval: str = "t"  # how low/high were made: "t" across seeds, "welch", or "" (none)
+    mean: float = math.nan
+    std: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        def clean(v):
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+        return {"claim": self.claim, "model_size": self.size, "metric": self.label, "seeds": len(self.values),
+                "per_seed": [clean(v) for v in self.values], "mean": clean(self.mean), "std": clean(self.std),
+                "low": clean(self.low), "high": clean(self.high), "verdict": self.verdict, "why": self.why}
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float, float]:
@@ -38,98 +83,143 @@ def t_interval(values: list[float]) -> tuple[float, float, float, float]:
     return mean, std, mean - half, mean + half
 
 
-def verdict(low: float, high: float, sign: int) -> str:
+def judge(low: float, high: float, sign: int) -> tuple[str, str]:
+    """(verdict, why) from an interval of CB − baseline and the direction the claim expects."""
     if math.isnan(low):
-        return "insufficient evidence (one seed: no spread)"
+        return NO_VERDICT, ("one training seed pair: an interval over test images does not cover training "
+                            "randomness, so it cannot support or contradict a claim about CB")
     if (low > 0 and sign > 0) or (high < 0 and sign < 0):
-        return "**supported**"
+        return SUPPORTED, "the whole 95% interval lies on the side the paper claims"
     if (low > 0 and sign < 0) or (high < 0 and sign > 0):
-        return "**contradicted**"
-    return "insufficient evidence (interval includes 0)"
+        return CONTRADICTED, "the whole 95% interval lies on the side opposite to the paper's claim"
+    return INSUFFICIENT, "the 95% interval includes 0"
 
 
-def _size_label(spec: dict) -> str:
-    kw = spec.get("arch_kwargs", {})
-    return f"depth {kw.get('depth', '?')}, dim {kw.get('embed_dim', '?')}" if kw else spec["arch"]
-
-
-def _fmt(value: float, percent: bool) -> str:
-    scale, digits = (100, 1) if percent else (1, 3)
-    return "–" if math.isnan(value) else f"{scale * value:+.{digits}f}"
-
-
-def claim_rows(cells: dict, specs: dict[str, dict]) -> list[dict]:
-    """One row per (claim, model size) with the per-seed deltas, their mean, std and interval, and a verdict."""
-    sizes: dict[str, list[tuple[str, str]]] = {}  # size -> [(cb model, its baseline)]
-    for m, spec in specs.items():
-        base = pair_of(spec, specs)
-        if base is not None:
-            key = json.dumps(spec.get("arch_kwargs", {}), sort_keys=True) + spec["arch"]
-            sizes.setdefault(key, []).append((m, base))
-    rows, gains = [], {}
-    for pairs in sizes.values():
-        size = _size_label(specs[pairs[0][0]])
-        seeds = len(pairs)
-        for claim, task, key, percent, sign in DELTA_CLAIMS:
-            deltas = [cells[(m, task)].metrics[key] - cells[(b, task)].metrics[key] for m, b in pairs
-                      if _ok(cells, m, task) and _ok(cells, b, task)]
-            if not deltas:
-                continue
-            mean, std, low, high = t_interval(deltas)
-            if task == "clean":
-                gains[size] = deltas
-            rows.append(_row(claim, size, deltas, mean, std, low, high, percent, verdict(low, high, sign)))
-        extra = [cells[(m, "cost")].metrics.get("extra_params") for m, _ in pairs if _ok(cells, m, "cost")]
-        if extra and None not in extra:
-            rows.append({"claim": "CB adds no parameters", "model size": size, "seeds": seeds,
-                         "per-seed values": ", ".join(f"{e:+,.0f}" for e in extra), "mean ± std": "",
-                         "95% interval": "", "verdict": "**supported**" if not any(extra) else "**contradicted**"})
-        ratios = [cells[(m, "cost")].metrics["throughput_ratio"] for m, _ in pairs
-                  if _ok(cells, m, "cost") and "throughput_ratio" in cells[(m, "cost")].metrics]
-        if ratios:
-            slowdown = [r - 1 for r in ratios]
-            mean, std, low, high = t_interval(slowdown)
-            rows.append(_row("CB's inference cost is negligible (throughput CB / baseline − 1)", size, slowdown,
-                             mean, std, low, high, True, cost_verdict(low, high)))
-    if len(gains) >= 2:  # smallest model first: the paper expects the largest gain there
-        ordered = list(gains)
-        small, large = gains[ordered[0]], gains[ordered[-1]]
-        diff = float(np.mean(small) - np.mean(large))
-        if len(small) > 1 and len(large) > 1:
-            res = stats.ttest_ind(small, large, equal_var=False)
-            ci = res.confidence_interval(0.95)
-            low, high = float(ci.low), float(ci.high)
-        else:
-            low = high = math.nan
-        rows.append({"claim": f"larger clean-accuracy gain for the smaller model ({ordered[0]} vs {ordered[-1]})",
-                     "model size": "both", "seeds": f"{len(small)} + {len(large)}", "per-seed values": "",
-                     "mean ± std": _fmt(diff, True) + " pp (difference of mean gains)",
-                     "95% interval": f"[{_fmt(low, True)}, {_fmt(high, True)}] (Welch)",
-                     "verdict": verdict(low, high, +1)})
-    return rows
-
-
-def cost_verdict(low: float, high: float, tolerance: float = 0.05) -> str:
+def cost_verdict(low: float, high: float, tolerance: float = 0.05) -> tuple[str, str]:
     """Negligible means the whole interval of the throughput change lies within ±5%."""
     if math.isnan(low):
-        return "insufficient evidence (one seed: no spread)"
+        return NO_VERDICT, "one seed pair: no spread of the timing"
     if -tolerance < low and high < tolerance:
-        return f"**supported** (interval within ±{tolerance:.0%})"
+        return SUPPORTED, f"the interval lies within ±{tolerance:.0%}"
     if high < -tolerance:
-        return f"**contradicted** (CB slower by more than {tolerance:.0%})"
+        return CONTRADICTED, f"CB is slower by more than {tolerance:.0%}"
     if high < 0:
-        return f"inconclusive: CB measurably slower (interval below 0), not surely by more than {tolerance:.0%}"
-    return f"insufficient evidence (interval reaches beyond ±{tolerance:.0%})"
+        return INSUFFICIENT, f"CB is measurably slower (interval below 0), not surely by more than {tolerance:.0%}"
+    return INSUFFICIENT, f"the interval reaches beyond ±{tolerance:.0%}"
+
+
+def size_label(spec: dict) -> str:
+    kw = spec.get("arch_kwargs", {})
+    return f"depth {kw.get('depth', '?')}, dim {kw.get('embed_dim', '?')}" if kw else spec["arch"]
 
 
 def _ok(cells, model, task) -> bool:
     return (model, task) in cells and cells[(model, task)].status == "ok"
 
 
-def _row(claim, size, values, mean, std, low, high, percent, judged) -> dict:
-    unit = " pp" if percent else ""
-    return {"claim": claim, "model size": size, "seeds": len(values),
-            "per-seed values": ", ".join(_fmt(v, percent) for v in values),
-            "mean ± std": _fmt(mean, percent) + ("" if math.isnan(std) else " ± " + _fmt(std, percent)[1:]) + unit,
-            "95% interval": "–" if math.isnan(low) else f"[{_fmt(low, percent)}, {_fmt(high, percent)}]{unit}",
-            "verdict": judged}
+def _finite(values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
+    """Every claim this run measured, per model size, judged from its per-seed paired differences."""
+    sizes: dict[str, list[tuple[str, str]]] = {}  # size -> [(cb model, its baseline)]
+    for m, spec in specs.items():
+        base = pair_of(spec, specs)
+        if base is not None:
+            sizes.setdefault(json.dumps(spec.get("arch_kwargs", {}), sort_keys=True) + spec["arch"], []).append((m, base))
+    tasks = {t for _, t in cells}
+    judged, gains = [], {}
+    for pairs in sizes.values():
+        size = size_label(specs[pairs[0][0]])
+        for claim in CLAIMS:
+            task = next((t for t in claim.tasks if t in tasks), None)
+            if task is None:
+                continue
+            deltas = [cells[(m, task)].metrics.get(claim.key, math.nan) - cells[(b, task)].metrics.get(claim.key, math.nan)
+                      for m, b in pairs if _ok(cells, m, task) and _ok(cells, b, task)]
+            if not deltas:
+                continue
+            if not _finite(deltas):
+                judged.append(Judged(claim.text, size, claim.label, deltas, claim.percent, NO_VERDICT,
+                                     "a model's metric is not a finite number"))
+                continue
+            mean, std, low, high = t_interval(deltas)
+            if task == "clean":
+                gains[size] = deltas
+            judged.append(Judged(claim.text, size, claim.label, deltas, claim.percent, *judge(low, high, claim.sign),
+                                 mean=mean, std=std, low=low, high=high))
+        judged += _cost_claims(cells, pairs, size)
+    if len(gains) >= 2:
+        judged.append(_smaller_gains_more(gains))
+    return judged
+
+
+def _cost_claims(cells, pairs, size) -> list[Judged]:
+    out = []
+    extra = [cells[(m, "cost")].metrics.get("extra_params") for m, _ in pairs if _ok(cells, m, "cost")]
+    if extra and None not in extra:
+        verdict = CONTRADICTED if any(extra) else SUPPORTED
+        out.append(Judged("CB adds no parameters", size, "extra parameters", extra, False, verdict,
+                          "counted exactly", interval=""))
+    ratios = [cells[(m, "cost")].metrics["throughput_ratio"] for m, _ in pairs
+              if _ok(cells, m, "cost") and "throughput_ratio" in cells[(m, "cost")].metrics]
+    if ratios:
+        slowdown = [r - 1 for r in ratios]
+        mean, std, low, high = t_interval(slowdown)
+        out.append(Judged("CB's inference cost is negligible", size, "throughput CB / baseline − 1", slowdown, True,
+                          *cost_verdict(low, high), mean=mean, std=std, low=low, high=high))
+    return out
+
+
+def _smaller_gains_more(gains: dict[str, list[float]]) -> Judged:
+    """The paper expects the largest clean-accuracy gain for the smallest model (sizes in suite order)."""
+    ordered = list(gains)
+    small, large = gains[ordered[0]], gains[ordered[-1]]
+    diff = float(np.mean(small) - np.mean(large))
+    low = high = math.nan
+    if len(small) > 1 and len(large) > 1:
+        ci = stats.ttest_ind(small, large, equal_var=False).confidence_interval(0.95)
+        low, high = float(ci.low), float(ci.high)
+    return Judged(f"CB's clean-accuracy gain is larger for the smaller model ({ordered[0]} vs {ordered[-1]})",
+                  "both", "difference of mean gains", small + large, True, *judge(low, high, +1),
+                  interval="welch", mean=diff, low=low, high=high, extra={"seeds": f"{len(small)} + {len(large)}"})
+
+
+def fmt(value: float, percent: bool) -> str:
+    scale, digits = (100, 1) if percent else (1, 3)
+    return "–" if value is None or math.isnan(value) else f"{scale * value:+.{digits}f}"
+
+
+def sentence(j: Judged) -> str:
+    """One quotable sentence: the verdict, the numbers behind it and why."""
+    unit = " pp" if j.percent else ""
+    head = f"- **{j.claim}** ({j.size}): **{j.verdict}**."
+    if j.interval == "":
+        return f"{head} {j.label}: {', '.join(f'{v:+,.0f}' for v in j.values)} ({j.why})."
+    if j.interval == "welch":
+        return (f"{head} Difference of the mean clean-accuracy gains {fmt(j.mean, True)} pp, 95% Welch interval "
+                f"[{fmt(j.low, True)}, {fmt(j.high, True)}] pp ({j.extra.get('seeds')} seed pairs): {j.why}.")
+    per_seed = ", ".join(fmt(v, j.percent) for v in j.values)
+    if j.verdict == NO_VERDICT:
+        return f"{head} CB − baseline {j.label}: {per_seed}{unit}; {j.why}."
+    return (f"{head} CB − baseline {j.label} over {len(j.values)} training-seed pairs: mean {fmt(j.mean, j.percent)}"
+            f"{unit}, 95% t-interval [{fmt(j.low, j.percent)}, {fmt(j.high, j.percent)}]{unit} (per seed: "
+            f"{per_seed}); {j.why}.")
+
+
+def table_rows(judged: list[Judged]) -> list[dict]:
+    """The same verdicts as a table, for the report's detail section."""
+    rows = []
+    for j in judged:
+        unit = " pp" if j.percent else ""
+        if j.interval == "":
+            values, spread, interval = ", ".join(f"{v:+,.0f}" for v in j.values), "", ""
+        else:
+            values = ", ".join(fmt(v, j.percent) for v in j.values) if j.interval == "t" else ""
+            spread = fmt(j.mean, j.percent) + ("" if math.isnan(j.std) else " ± " + fmt(j.std, j.percent)[1:]) + unit
+            interval = "–" if math.isnan(j.low) else f"[{fmt(j.low, j.percent)}, {fmt(j.high, j.percent)}]{unit}"
+        rows.append({"claim": j.claim, "model size": j.size, "seeds": j.extra.get("seeds", len(j.values)),
+                     "per-seed values": values, "mean ± std": spread, "95% interval": interval,
+                     "verdict": f"**{j.verdict}**" if j.verdict in (SUPPORTED, CONTRADICTED) else j.verdict})
+    return rows

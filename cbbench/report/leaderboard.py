@@ -110,7 +110,10 @@ def _seed_groups(models: list[str], specs: dict) -> dict[str, list[str]]:
 
 
 def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], paired: list[dict]) -> list[dict]:
-    """Mean ± std across training seeds of each arm, and of the per-seed paired Δ of each CB arm."""
+    """The headline table of a suite with training seeds: mean ± std of each arm across its seeds, and for
+    each CB arm the mean of its per-seed paired Δ with a 95% t-interval across seeds."""
+    from cbbench.report.claims import t_interval
+
     groups = _seed_groups(models, specs)
     delta_by = {(r["comparison"], r["task"]): r["_delta"] for r in paired}
     rows = []
@@ -127,11 +130,16 @@ def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], pair
         rows.append(row)
         bases = [pair_of(specs[m], specs) for m in members]
         if cb and all(bases):
-            drow = {"arm": "Δ CB − baseline, per seed", "seeds": f"{len(members)} pairs"}
+            drow = {"arm": "Δ CB − baseline [95% t-interval across seeds]", "seeds": f"{len(members)} pairs"}
             for col in columns:
                 deltas = [delta_by[(f"{m} − {b}", col.task)] for m, b in zip(members, bases)
                           if (f"{m} − {b}", col.task) in delta_by]
-                drow[col.header] = _mean_std(col, deltas, signed=True)
+                finite = [d for d in deltas if np.isfinite(d)]
+                if len(finite) < 2 or len(finite) < len(deltas):
+                    drow[col.header] = "–" if not deltas else f"n={len(finite)} finite of {len(deltas)}"
+                    continue
+                mean, _, low, high = t_interval(finite)
+                drow[col.header] = f"{col.fmt_delta(mean, low, high)} (n={len(finite)})"
             rows.append(drow)
     return rows
 
@@ -201,7 +209,7 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
         records.append(record)
         base = pair_of(specs[m], specs)
         if base is not None:
-            drow = {"model": f"Δ vs {base} [95% CI]", "params": ""}
+            drow = {"model": f"Δ vs {base} [95% CI, images]", "params": ""}
             for col in columns:
                 r = delta_by.get((f"{m} − {base}", col.task))
                 drow[col.header] = r["Δ [95% CI]"] if r else "–"
@@ -209,17 +217,34 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
     summary = pd.DataFrame(records)
 
     dataset = next(iter(cells.values())).dataset
+    from cbbench.report.claims import judge_claims, sentence, table_rows
+
+    seeded = any(len(g) > 1 for g in _seed_groups(ordered, specs).values())
+    judged = judge_claims(cells, specs)
     lines = [f"# cbbench leaderboard: suite `{suite}`", "",
              f"Dataset: `{dataset}` · run {run_id} · limit: {config.get('limit') or 'all images'} · "
              f"seed: {config.get('seed')}. Accuracies in %. ↑ higher is better; columns without an arrow "
-             "have no better direction. Δ rows: CB minus its baseline on the same images, "
-             "95% paired bootstrap interval (2,000 resamples of the images).", "",
-             tabulate(table, headers="keys", tablefmt="github", disable_numparse=True), ""]
+             "have no better direction.", ""]
+    lines += _verdict_section(judged, seeded)
+    seeds = seed_rows(cells, ordered, specs, columns, paired) if seeded else []
+    if seeds:
+        lines += ["## Leaderboard across training seeds", "",
+                  "Each arm: mean ± sample standard deviation over its training seeds. Δ: the mean of the per-seed "
+                  "paired differences (CB seed k − baseline seed k on the same images) with a 95% Student-t interval "
+                  "across seeds, the interval the verdicts use.", "",
+                  tabulate(seeds, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    within = ("Δ rows: CB minus its baseline on the same images, 95% paired bootstrap interval (2,000 resamples "
+              "of the images). Such an interval covers the sampling of test images within one training-seed "
+              "pair only, not training randomness: another seed, or the same seed trained on another CPU, can "
+              "move the difference by more than its width.")
+    lines += ["## Per training seed" if seeds else "## Leaderboard", "", within, "",
+              tabulate(table, headers="keys", tablefmt="github", disable_numparse=True), ""]
     if paired:
-        lines += ["## CB vs baseline, paired", "",
+        lines += ["## CB vs baseline within one seed pair, paired over images", "",
                   "\"CB fixes / breaks\": images the baseline gets wrong and CB right / the reverse; "
                   "McNemar's exact test on those discordant images. n/a where the per-image outcome is not "
-                  "right/wrong (corruption accuracy averaged over cells, attention entropy).", "",
+                  "right/wrong (corruption accuracy averaged over cells, attention entropy). Like the bootstrap "
+                  "intervals, these tests treat the two trained models as fixed.", "",
                   tabulate([{k: r[k] for k in PAIRED_COLUMNS} for r in paired],
                            headers="keys", tablefmt="github", disable_numparse=True), ""]
     if plot_dir is not None:
@@ -230,21 +255,11 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
             lines += ["## Plots", ""]
             for caption, path in figures:
                 lines += [f"![{caption}]({plot_dir.name}/{path.name})", "", f"*{caption}*", ""]
-    from cbbench.report.claims import claim_rows
-
-    claims = claim_rows(cells, specs) if any(len(g) > 1 for g in _seed_groups(ordered, specs).values()) else []
-    if claims:
-        lines += ["## The paper's claims against this run", "",
-                  "Each claim is judged from the per-seed paired differences (CB seed k − baseline seed k): mean, "
-                  "sample std and a 95% Student-t interval across seeds. **supported** / **contradicted** need the "
-                  "whole interval on one side of 0; anything else is reported as insufficient evidence.", "",
-                  tabulate(claims, headers="keys", tablefmt="github", disable_numparse=True), ""]
-    seeds = seed_rows(cells, ordered, specs, columns, paired)
-    if seeds:
-        lines += ["## Across training seeds", "",
-                  "Mean ± sample standard deviation over the training seeds of each arm; the Δ row averages the "
-                  "per-seed paired differences (CB seed k minus baseline seed k).", "",
-                  tabulate(seeds, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    if seeded and judged:
+        lines += ["## The paper's claims: the numbers behind the verdicts", "",
+                  "Per-seed paired differences (CB seed k − baseline seed k), their mean ± sample std and the 95% "
+                  "Student-t interval across seeds.", "",
+                  tabulate(table_rows(judged), headers="keys", tablefmt="github", disable_numparse=True), ""]
     lines += _details(cells, ordered, tasks)
     lines += _protocols(tasks, cells)
     problems = [(m, t, c) for (m, t), c in cells.items() if c.status != "ok"]
@@ -252,8 +267,28 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
         lines += ["## Skipped or failed", ""]
         lines += [f"- `{t}` on `{m}`: **{c.status}**: {c.reason}" for m, t, c in problems]
         lines.append("")
-    lines += _provenance(cells, config)
-    return "\n".join(lines), summary, paired
+    lines += _provenance(cells, config, ordered)
+    return "\n".join(lines), summary, paired, judged
+
+
+def _verdict_section(judged, seeded: bool) -> list[str]:
+    """The answer first: each claim this run tests, in sentences a reader can quote."""
+    from cbbench.report.claims import sentence
+
+    if not judged:
+        return []
+    lines = ["## Verdict", ""]
+    if not seeded:
+        lines += ["This run has one training seed per arm, so it gives **no verdict** on any claim: the "
+                  "intervals below cover the sampling of test images only, not training randomness, which moves "
+                  "a single pair's difference by more than CB does. Run a suite with several training seeds per "
+                  "arm (`robustness` and `paper` have them) to judge the claims.", ""]
+    else:
+        lines += ["Each claim is judged from the per-seed paired differences (CB seed k − baseline seed k): "
+                  "**supported** or **contradicted** when the whole 95% t-interval across training seeds lies on "
+                  "one side of 0, otherwise **insufficient evidence**. These are statements about this recipe, "
+                  "these model sizes and this data, at the number of seeds shown.", ""]
+    return lines + [sentence(j) for j in judged] + [""]
 
 
 def _details(cells, models, tasks) -> list[str]:
@@ -337,22 +372,38 @@ def _protocols(tasks, cells) -> list[str]:
     return lines + [""]
 
 
-def _provenance(cells, config) -> list[str]:
+def _provenance(cells, config, models) -> list[str]:
+    """What the numbers depend on: packages, CPU and device, and each model's weights and where it was trained."""
     ok = [c for c in cells.values() if c.status == "ok"]
     if not ok:
         return []
     prov = max(ok, key=lambda c: c.created).provenance
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
     total = sum(c.wall_s or 0 for c in ok)
-    return ["## Provenance", "",
-            f"- packages: {versions}; Python {prov.get('python')}",
-            f"- device: {prov.get('device')}, {prov.get('threads')} threads; latest cell computed "
-            f"{prov.get('date')}",
-            f"- compute time of the cells in this table: {total:.0f} s (cells reused from the store "
-            "keep their original time)",
-            f"- corruptions generated on the fly: {'yes' if any(c.task == 'corruptions' for c in ok) else 'n/a'}",
-            *_pipeline_lines(ok),
-            f"- run configuration: `{json.dumps({k: v for k, v in config.items() if v is not None})}`", ""]
+    lines = ["## Provenance", "",
+             f"- packages: {versions}; Python {prov.get('python')}",
+             f"- device: {prov.get('device')}, {prov.get('threads')} threads"
+             + (f"; CPU {prov['cpu']} ({prov.get('cpu_capability')} kernels)" if prov.get("cpu") else "")
+             + f"; latest cell computed {prov.get('date')}",
+             f"- compute time of the cells in this table: {total:.0f} s (cells reused from the store "
+             "keep their original time)",
+             f"- corruptions generated on the fly: {'yes' if any(c.task == 'corruptions' for c in ok) else 'n/a'}",
+             *_pipeline_lines(ok),
+             f"- run configuration: `{json.dumps({k: v for k, v in config.items() if v is not None})}`"]
+    weights = []
+    for m in models:
+        cell = next((c for c in ok if c.model == m and c.provenance.get("weights_digest")), None)
+        if cell is None:
+            continue
+        trained = cell.provenance.get("trained_on")
+        where = (f", trained by cbbench on {trained.get('device')} / {trained.get('cpu')} "
+                 f"({trained.get('cpu_capability')} kernels, {trained.get('threads')} thread(s), torch "
+                 f"{trained.get('torch')})") if trained else ""
+        weights.append(f"  - `{m}`: weights sha256 {cell.provenance['weights_digest']}…{where}")
+    if weights:
+        lines += ["- models (weights digest; trained weights depend on the CPU type and torch version, so "
+                  "another machine gives other weights and other per-seed numbers):", *weights]
+    return lines + [""]
 
 
 def _pipeline_lines(ok) -> list[str]:
@@ -378,7 +429,7 @@ def write_reports(results_dir: str | Path, suites: list[str] | None = None,
             rendered = render_suite(store, suite, results_dir / "plots" if "md" in formats else None)
             if rendered is None:
                 continue
-            markdown, summary, paired = rendered
+            markdown, summary, paired, judged = rendered
             if "md" in formats:
                 written.append(results_dir / f"{suite}.md")
                 written[-1].write_text(markdown)
@@ -387,7 +438,22 @@ def write_reports(results_dir: str | Path, suites: list[str] | None = None,
                 summary.to_csv(written[-1], index=False)
             if "json" in formats:
                 written.append(results_dir / f"{suite}.json")
-                written[-1].write_text(json.dumps({"summary": summary.to_dict(orient="records"), "paired": [
+                document = {"verdicts": [j.to_json() for j in judged],
+                            "summary": summary.to_dict(orient="records"), "paired": [
                     {k.lstrip("_"): v for k, v in r.items() if k in ("comparison", "task", "n", "_delta", "_low", "_high",
-                                                                    "McNemar p")} for r in paired]}, indent=2))
+                                                                    "McNemar p")} for r in paired]}
+                written[-1].write_text(json.dumps(strict_json(document), indent=2, allow_nan=False))
     return written
+
+
+def strict_json(value):
+    """NaN and infinities as null: bare NaN is not JSON (strict parsers such as JavaScript's reject it)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return strict_json(value.item())
+    return value
