@@ -12,19 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
-if importlib.util.find_spec("robustbench") is None:
-    pytest.skip(
-        "robustbench not installed: pip install -e '.[robustbench]' && "
-        "pip install --no-deps robustbench==1.1.1",
-        allow_module_level=True,
-    )
-
 from cbbench.compat.robustbench import (  # noqa: E402
     expected_checkpoint_paths,
     imagenet_eval_subset,
     import_robustbench,
+    installed_version,
     load_local_model,
 )
+
+# The real distribution, not an importable folder: torchattacks (a dev dependency) ships a 'robustbench/'.
+if installed_version() != "1.1.1":
+    pytest.skip(
+        f"robustbench 1.1.1 not installed (found: {installed_version()}); it is an optional extra: "
+        "pip install -e '.[robustbench]' && pip install --no-deps robustbench==1.1.1",
+        allow_module_level=True,
+    )
 
 # Smallest CIFAR-10 architecture in robustbench's zoo: WRN-40-2, 2,243,546 parameters.
 SMALL = dict(name="Hendrycks2020AugMix_WRN", dataset="cifar10", threat_model="corruptions")

@@ -22,6 +22,16 @@ INSTALL_HINT = (
 )
 
 
+def installed_version() -> str | None:
+    """The installed robustbench distribution's version (None if absent), read from its metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("robustbench")
+    except PackageNotFoundError:
+        return None
+
+
 def import_robustbench() -> ModuleType:
     """Import and return ``robustbench``, or raise one ImportError that says how to install it.
 
@@ -31,6 +41,11 @@ def import_robustbench() -> ModuleType:
     git-installed AutoAttack is never shadowed.
     """
     try:
+        installed = installed_version()
+        if installed is None:
+            # torchattacks ships a 'robustbench' folder of its own: importable, but not robustbench.
+            raise ImportError("robustbench is not installed (no robustbench distribution; an importable "
+                              "'robustbench' folder shipped by another package, such as torchattacks, is not it)")
         if importlib.util.find_spec("autoattack") is None:
             import pyautoattack
             import pyautoattack.state
