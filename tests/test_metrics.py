@@ -249,15 +249,15 @@ def test_bootstrap_large_n_fast_and_memory_bounded():
     rng = np.random.default_rng(0)
     a_bool, b_bool = _paired_sample(rng, n)
     a_f, b_f = rng.normal(size=n), rng.normal(size=n)
-    # bool inputs (accuracy): exact multinomial-count shortcut, milliseconds
+    # bool inputs (accuracy) take the exact multinomial-count shortcut: milliseconds, against ~0.7 s for the
+    # chunked index resampling of floats on an idle core. Compared within this run, with a wide margin, so a
+    # loaded machine slows both sides alike.
     t0 = time.perf_counter()
     M.paired_bootstrap_ci(a_bool, b_bool, n_boot=n_boot)
-    assert time.perf_counter() - t0 < 0.5
-    # float inputs: chunked index resampling, ~0.7 s on an idle core; the bound is loose so a
-    # busy test machine does not make it flaky
+    shortcut = time.perf_counter() - t0
     t0 = time.perf_counter()
     M.paired_bootstrap_ci(a_f, b_f, n_boot=n_boot)
-    assert time.perf_counter() - t0 < 4.0
+    assert shortcut < (time.perf_counter() - t0) / 5
     tracemalloc.start()
     try:
         M.paired_bootstrap_ci(a_f, b_f, n_boot=n_boot)

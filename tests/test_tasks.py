@@ -173,7 +173,10 @@ def test_cost_task_counts_parameters_and_times_the_pair_side_by_side():
     result = cost.evaluate(cb, ctx(limit=16, partner=base))
     assert result.metrics["extra_params"] == 0 and result.metrics["num_params"] == sum(
         p.numel() for p in base.parameters())
-    assert result.metrics["images_per_second"] > 0 and 0.2 < result.metrics["throughput_ratio"] < 5
+    # No bound on the ratio itself: on a loaded 2-core machine it swings widely (bench/ measures speed).
+    m = result.metrics
+    assert m["images_per_second"] > 0 and m["partner_images_per_second"] > 0
+    assert m["throughput_ratio"] == pytest.approx(m["images_per_second"] / m["partner_images_per_second"])
     alone = cost.evaluate(base, ctx(limit=16))
     assert "throughput_ratio" not in alone.metrics and alone.notes
 
