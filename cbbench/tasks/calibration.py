@@ -34,7 +34,7 @@ import numpy as np
 from cbbench.corruptions.reference import BENCHMARK_CORRUPTIONS
 from cbbench.metrics import expected_calibration_error, rms_calibration_error
 from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, run_batches
-from cbbench.tasks.corruptions import _corrupted, engine_seeds_per_batch
+from cbbench.tasks.corruptions import _corrupted, check_engine, engine_seeds_per_batch
 
 ECE_BINS = 15
 RMS_BIN_SIZE = 100
@@ -69,10 +69,17 @@ class CalibrationTask(Task):
     corruptions: tuple[str, ...] = tuple(BENCHMARK_CORRUPTIONS)
     severities: tuple[int, ...] = (3,)
     engine: str = "imagecorruptions-1.1.2"
+    task_name: str = ""
 
-    name = "calibration"
     version = 1
     headline = Metric("ece/clean", "ECE clean (15 bins, L1)", False, percent=True, samples="ece_contribution")
+
+    def __post_init__(self):
+        check_engine(self.engine)
+
+    @property
+    def name(self) -> str:
+        return self.task_name or "calibration"
 
     @property
     def seeded_per_batch(self) -> bool:
@@ -83,7 +90,7 @@ class CalibrationTask(Task):
         return (f"top-label ECE (15 equal-width bins, L1) and Hendrycks' RMS calibration error (adaptive bins "
                 f"of 100, L2) on clean test images and on {len(self.corruptions)} ImageNet-C corruptions at "
                 f"severit{'y' if len(self.severities) == 1 else 'ies'} {', '.join(map(str, self.severities))} "
-                "(imagecorruptions 1.1.2, uint8); 'corrupted' pools all shifted predictions")
+                f"({self.engine}, uint8); 'corrupted' pools all shifted predictions")
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         clean = ctx.part("clean", lambda: run_batches(model, ctx, desc="calibration clean"))
@@ -95,7 +102,7 @@ class CalibrationTask(Task):
         for c in self.corruptions:
             for s in self.severities:
                 def perturb(x, y, idx, c=c, s=s):
-                    return _corrupted(ctx.dataset.name, x, idx, c, s, ctx.seed)
+                    return _corrupted(ctx.dataset.name, x, idx, c, s, ctx.seed, self.engine)
 
                 out = ctx.part(f"{c}/{s}", lambda: run_batches(model, ctx, perturb, desc=f"calibration {c} s{s}"))
                 metrics.update(calibration_metrics(out, f"{c}/{s}"))
@@ -117,3 +124,4 @@ class CalibrationTask(Task):
 
 
 TASKS.register("calibration", CalibrationTask())
+TASKS.register("calibration_torch", CalibrationTask(engine="cbbench-torch", task_name="calibration_torch"))
