@@ -161,24 +161,16 @@ def training_machine(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
 
 
-def _train_in_worker(spec: ModelSpec, recipe: Recipe, path: Path, data_root, events) -> None:
-    """A worker process's job (module level, so it pickles): train one model, report each epoch. The recipe
-    travels with the job: a spawned worker only knows the recipes registered at import."""
-    train(spec, path, progress=events.put, data_root=data_root, recipe=recipe)
-
-
 def train_missing(specs: Iterable[ModelSpec], checkpoint_dir: str | Path | None = None,
                   device: str | torch.device = "cpu", data_root: str | Path | None = None,
                   say: Callable[[str], None] = lambda msg: None, progress: Callable | None = None) -> None:
     """Train every spec with a recipe whose checkpoint is not cached yet, in parallel on CPU.
 
-    One worker process per core (each on one thread, so the weights equal those of a
-    lone ``train``); on a GPU, one after the other. A model whose data is missing is
-    left untrained: loading it reports the reason. Finished epochs survive an interrupt.
+    One worker process per core (``python -m cbbench.train JOB``, each on one thread, so
+    the weights equal those of a lone ``train``); on a GPU, one after the other in this
+    process. A model whose data is missing is left untrained: loading it reports the
+    reason. Finished epochs survive an interrupt (each worker resumes its .partial file).
     """
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
     device = torch.device(device)
     todo = [s for s in specs if s.weights == "train" and not checkpoint_path(s, checkpoint_dir).is_file()]
     if not todo:
@@ -189,36 +181,93 @@ def train_missing(specs: Iterable[ModelSpec], checkpoint_dir: str | Path | None 
         f"about {math.ceil(len(todo) / workers) * 0.5:.0f} min on a 2-core machine); checkpoints go to "
         f"{checkpoint_path(todo[0], checkpoint_dir).parent}")
     bar = progress(total=epochs, desc="training", unit="epoch") if progress else None
-    tick = (lambda entry: bar.update(1)) if bar else None
     try:
         if workers == 1:
             for spec in todo:
                 try:
-                    train(spec, checkpoint_path(spec, checkpoint_dir), progress=tick, device=device,
-                          data_root=data_root)
+                    train(spec, checkpoint_path(spec, checkpoint_dir), device=device, data_root=data_root,
+                          progress=(lambda entry: bar.update(1)) if bar else None)
                 except DatasetMissingError:
                     continue
-            return
-        with mp.get_context("spawn").Manager() as manager, cf.ProcessPoolExecutor(
-                workers, mp_context=mp.get_context("spawn")) as pool:
-            events = manager.Queue()
-            jobs = [pool.submit(_train_in_worker, s, RECIPES.get(s.recipe), checkpoint_path(s, checkpoint_dir),
-                                data_root, events) for s in todo]
-            while any(not j.done() for j in jobs) or not events.empty():
-                try:
-                    entry = events.get(timeout=0.5)
-                except Exception:  # queue.Empty from the manager
-                    continue
-                if tick:
-                    tick(entry)
-            for job in jobs:
-                try:
-                    job.result()
-                except DatasetMissingError:
-                    continue
+        else:
+            _train_in_workers(todo, checkpoint_dir, data_root, workers, bar)
     finally:
         if bar:
             bar.close()
+
+
+# A worker's exit status when the model's training data is missing (the model is then left untrained).
+EXIT_NO_DATA = 3
+
+
+def _train_in_workers(todo: list[ModelSpec], checkpoint_dir, data_root, workers: int, bar) -> None:
+    """Run ``python -m cbbench.train JOB`` processes, ``workers`` at a time; each prints a line per epoch.
+
+    Plain subprocesses rather than a multiprocessing pool: nothing re-imports the caller's
+    main module, and every worker still running is stopped when this returns or raises.
+    """
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    from queue import Empty, Queue
+
+    lines: Queue = Queue()
+    running: dict[subprocess.Popen, ModelSpec] = {}
+    pending = list(todo)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    spec = pending.pop(0)
+                    job = Path(tmp) / f"{spec.name}.job"
+                    job.write_bytes(pickle.dumps({"spec": spec, "recipe": RECIPES.get(spec.recipe),
+                                                  "data_root": data_root, "out": checkpoint_path(spec, checkpoint_dir)}))
+                    proc = subprocess.Popen([sys.executable, "-m", "cbbench.train", str(job)], stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+                    threading.Thread(target=lambda p=proc: [lines.put(line) for line in p.stdout], daemon=True).start()
+                    running[proc] = spec
+                try:
+                    lines.get(timeout=0.5)
+                    if bar:
+                        bar.update(1)
+                except Empty:
+                    pass
+                for proc in [p for p in running if p.poll() is not None]:
+                    spec = running.pop(proc)
+                    if proc.returncode not in (0, EXIT_NO_DATA):
+                        err = proc.stderr.read().strip().splitlines()
+                        raise RuntimeError(f"training {spec.name} failed in its worker process (exit "
+                                           f"{proc.returncode}): {err[-1] if err else 'no message'}")
+            while bar is not None and not lines.empty():  # epochs reported just before the last exit
+                lines.get()
+                bar.update(1)
+        finally:
+            for proc in running:
+                proc.kill()
+                proc.wait()
+
+
+def _worker_main(job_file: str) -> int:
+    """Entry of a training worker: one model, one thread, one JSON line per finished epoch on stdout."""
+    import pickle
+    import sys
+
+    job = pickle.loads(Path(job_file).read_bytes())  # written just now by _train_in_workers, same user
+    parent = os.getppid()
+
+    def report(entry: dict) -> None:
+        if os.getppid() != parent:  # the parent is gone: stop; the .partial checkpoint keeps the epochs
+            raise SystemExit(1)
+        print(json.dumps({"model": entry["model"], "epoch": entry["epoch"]}), flush=True)
+
+    try:
+        train(job["spec"], Path(job["out"]), progress=report, data_root=job["data_root"], recipe=job["recipe"])
+    except DatasetMissingError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_NO_DATA
+    return 0
 
 
 def trained_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None,
@@ -305,3 +354,9 @@ def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_worker_main(sys.argv[1]))
