@@ -46,8 +46,13 @@ def cmd_run(args) -> int:
         print("failed cells (see the report's 'Skipped or failed' section):", file=sys.stderr)
         for o in summary.failed:
             print(f"  {o.task} / {o.model}: {o.reason}", file=sys.stderr)
-        return EXIT_FAILED_CELLS
-    return 0
+    if summary.nonfinite:
+        print("non-finite outputs (the report withholds these numbers and every comparison that uses them):",
+              file=sys.stderr)
+        for o in summary.nonfinite:
+            print(f"  {o.task} / {o.model}: NaN or infinite logits on {o.nonfinite} image(s); check the "
+                  "checkpoint", file=sys.stderr)
+    return EXIT_FAILED_CELLS if summary.failed or summary.nonfinite else 0
 
 
 def cmd_report(args) -> int:

@@ -431,3 +431,13 @@ def seed_summary(values) -> tuple[float, float, int]:
         raise ValueError("seed_summary needs at least one value")
     std = float(v.std(ddof=1)) if n > 1 else float("nan")
     return float(v.mean()), std, n
+
+
+def nonfinite_count(metrics: dict) -> int:
+    """Images on which a model's logits were NaN or infinite, as counted by the tasks (``*nonfinite`` keys).
+
+    Such images count as wrong in accuracies, so a broken model would otherwise show a plausible number;
+    the report withholds its numbers and comparisons when this is above 0.
+    """
+    return int(max((v for k, v in metrics.items() if k.endswith("nonfinite") and isinstance(v, (int, float))),
+                   default=0))

@@ -16,6 +16,7 @@ import torch
 from cbbench import distributed
 from cbbench.data.base import DatasetMissingError, load_dataset
 from cbbench.errors import CellNotApplicable
+from cbbench.metrics import nonfinite_count
 from cbbench.models.build import load_model
 from cbbench.models.zoo import resolve
 from cbbench.paths import data_root as resolve_data_root
@@ -62,6 +63,7 @@ class CellOutcome:
     status: str  # ok | cached | skipped | failed
     reason: str | None = None
     wall_s: float = 0.0
+    nonfinite: int = 0  # images with NaN/inf logits: the cell's numbers are withheld from the report
 
 
 @dataclass
@@ -74,6 +76,10 @@ class RunSummary:
     @property
     def failed(self) -> list[CellOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def nonfinite(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.nonfinite]
 
 
 class FollowerStore:
@@ -167,7 +173,8 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                     store.put(**ident, status="skipped", reason=skip)
                     outcome = CellOutcome(spec.name, task.name, "skipped", skip)
                 elif distributed.from_main(store.has(key)) and not config.force:
-                    outcome = CellOutcome(spec.name, task.name, "cached")
+                    outcome = CellOutcome(spec.name, task.name, "cached",
+                                          nonfinite=nonfinite_count(store.get(key).metrics) if distributed.is_main() else 0)
                 else:
                     if config.force:
                         store.delete_parts(key)  # also what an interrupted attempt stored
@@ -266,4 +273,4 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
                 trained_on=getattr(model, "trained_on", None),
                 pipeline=dict(ctx.pipeline.describe(), notes=list(ctx.pipeline_notes)))
     store.put(**ident, status="ok", metrics=result.metrics, samples=result.samples, provenance=prov, wall_s=wall)
-    return CellOutcome(ident["model"], task.name, "ok", wall_s=wall)
+    return CellOutcome(ident["model"], task.name, "ok", wall_s=wall, nonfinite=nonfinite_count(result.metrics))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from cbbench.metrics import nonfinite_count
 from cbbench.report.pairing import pair_of
 
 SUPPORTED, CONTRADICTED, INSUFFICIENT, NO_VERDICT = "supported", "contradicted", "insufficient evidence", "no verdict"
@@ -67,7 +68,8 @@ class Judged:
     def to_json(self) -> dict:
         def clean(v):
             return None if isinstance(v, float) and not math.isfinite(v) else v
-        return {"claim": self.claim, "model_size": self.size, "metric": self.label, "seeds": len(self.values),
+        return {"claim": self.claim, "model_size": self.size, "metric": self.label, "percent": self.percent,
+                "seeds": len(self.values),
                 "per_seed": [clean(v) for v in self.values], "mean": clean(self.mean), "std": clean(self.std),
                 "low": clean(self.low), "high": clean(self.high), "verdict": self.verdict, "why": self.why}
 
@@ -136,13 +138,16 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
             task = next((t for t in claim.tasks if t in tasks), None)
             if task is None:
                 continue
-            deltas = [cells[(m, task)].metrics.get(claim.key, math.nan) - cells[(b, task)].metrics.get(claim.key, math.nan)
-                      for m, b in pairs if _ok(cells, m, task) and _ok(cells, b, task)]
-            if not deltas:
+            measured = [(m, b) for m, b in pairs if _ok(cells, m, task) and _ok(cells, b, task)]
+            if not measured:
                 continue
-            if not _finite(deltas):
-                judged.append(Judged(claim.text, size, claim.label, deltas, claim.percent, NO_VERDICT,
-                                     "a model's metric is not a finite number"))
+            deltas = [cells[(m, task)].metrics.get(claim.key, math.nan) - cells[(b, task)].metrics.get(claim.key, math.nan)
+                      for m, b in measured]
+            broken = [x for pair in measured for x in pair if nonfinite_count(cells[(x, task)].metrics)]
+            if broken or not _finite(deltas):
+                judged.append(Judged(claim.text, size, claim.label, [], claim.percent, NO_VERDICT,
+                                     f"non-finite outputs from {', '.join(broken)}" if broken
+                                     else "a model's metric is not a finite number"))
                 continue
             mean, std, low, high = t_interval(deltas)
             if task == "clean":
@@ -195,6 +200,8 @@ def sentence(j: Judged) -> str:
     """One quotable sentence: the verdict, the numbers behind it and why."""
     unit = " pp" if j.percent else ""
     head = f"- **{j.claim}** ({j.size}): **{j.verdict}**."
+    if not j.values:
+        return f"{head} {j.why}; the numbers are withheld."
     if j.interval == "":
         return f"{head} {j.label}: {', '.join(f'{v:+,.0f}' for v in j.values)} ({j.why})."
     if j.interval == "welch":
