@@ -121,13 +121,16 @@ def test_url_weights_are_downloaded_once_and_verified(tmp_path):
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     with pytest.raises(ValueError, match="sha256"):
         parse_adhoc("timm:deit_tiny_patch16_224@https://example.invalid/w.pth")
-    url = f"https://example.invalid/weights/published.pth#sha256={digest[:16]}"
+    prefix = parse_adhoc(f"timm:deit_tiny_patch16_224@https://example.invalid/weights/published.pth#sha256={digest[:1]}")
+    with pytest.raises(CheckpointError, match="64 hex digits"):  # a prefix is no checksum (one digit used to pass)
+        load_model(prefix, checkpoint_dir=tmp_path / "ckpt")
+    url = f"https://example.invalid/weights/published.pth#sha256={digest}"
     spec = parse_adhoc(f"timm:deit_tiny_patch16_224@{url}")
     with pytest.raises(FileNotFoundError, match=r"downloads/published\.pth yourself"):
         load_model(spec, checkpoint_dir=tmp_path / "ckpt")  # offline: one clear message
     (tmp_path / "ckpt" / "downloads").mkdir(parents=True, exist_ok=True)
     (tmp_path / "ckpt" / "downloads" / "published.pth").write_bytes(source.read_bytes())
     assert load_model(spec, checkpoint_dir=tmp_path / "ckpt").weights_digest == weights_digest(net)
-    bad = parse_adhoc(f"timm:deit_tiny_patch16_224@https://example.invalid/weights/published.pth#sha256=00ff")
-    with pytest.raises(CheckpointError, match="expected 00ff"):
+    bad = parse_adhoc(f"timm:deit_tiny_patch16_224@https://example.invalid/weights/published.pth#sha256={'0' * 64}")
+    with pytest.raises(CheckpointError, match="expected 0000"):
         load_model(bad, checkpoint_dir=tmp_path / "ckpt")

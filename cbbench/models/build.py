@@ -103,10 +103,15 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint_dir: str | Path | None = None
 def download_checkpoint(spec: ModelSpec, directory: Path) -> Path:
     """The URL's file in ``directory`` (downloaded once), verified against the spec's sha256."""
     import hashlib
+    import hmac
     from urllib.parse import urlparse
 
     from cbbench.errors import CheckpointError
 
+    expected = (spec.sha256 or "").lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise CheckpointError(f"model {spec.name}: #sha256= needs the full digest, 64 hex digits (got "
+                              f"{len(expected)} characters); compute it with `sha256sum FILE`")
     path = directory / "downloads" / Path(urlparse(spec.checkpoint).path).name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +125,7 @@ def download_checkpoint(spec: ModelSpec, directory: Path) -> Path:
                 f"offline, put the file at {path} yourself") from exc
         tmp.replace(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(spec.sha256.lower()):
+    if not hmac.compare_digest(digest, expected):  # the whole digest, in constant time
         raise CheckpointError(f"model {spec.name}: {path} has sha256 {digest}, expected {spec.sha256}; "
                               "delete the file to download it again, or fix the checksum")
     return path
