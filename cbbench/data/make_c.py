@@ -96,6 +96,13 @@ def make_c(src: str | Path, out: str | Path, corruptions: Sequence[str], severit
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if not src.is_dir():
         raise FileNotFoundError(f"--src {src} is not a folder; give the ImageNet val folder (<wnid>/<file>.JPEG)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (created if missing), e.g. <data root>/imagenet-c")
+    a, b = src.resolve(), out.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise ValueError(f"--out {out} and --src {src} overlap; writing there would mix corrupted images into the "
+                         "val folder (or read them back as val): choose an --out outside --src, e.g. "
+                         "<data root>/imagenet-c")
     val = scan_image_folders(src, classes.wnid_to_index(), name="imagenet_val", num_classes=1000)
     if len(val) == 0:
         raise FileNotFoundError(f"--src {src} holds no images in wnid folders (<wnid>/<file>.JPEG)")
