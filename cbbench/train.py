@@ -196,12 +196,9 @@ def train_missing(specs: Iterable[ModelSpec], checkpoint_dir: str | Path | None 
             bar.close()
 
 
-# A worker's exit status when the model's training data is missing (the model is then left untrained).
-EXIT_NO_DATA = 3
-
-
 def _train_in_workers(todo: list[ModelSpec], checkpoint_dir, data_root, workers: int, bar) -> None:
-    """Run ``python -m cbbench.train JOB`` processes, ``workers`` at a time; each prints a line per epoch.
+    """Run ``workers`` processes ``python -m cbbench.train JOB``, each training its share of the models one after
+    the other (torch is imported once per worker) and printing a line per finished epoch.
 
     Plain subprocesses rather than a multiprocessing pool: nothing re-imports the caller's
     main module, and every worker still running is stopped when this returns or raises.
@@ -214,20 +211,19 @@ def _train_in_workers(todo: list[ModelSpec], checkpoint_dir, data_root, workers:
     from queue import Empty, Queue
 
     lines: Queue = Queue()
-    running: dict[subprocess.Popen, ModelSpec] = {}
-    pending = list(todo)
+    running: dict[subprocess.Popen, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            while pending or running:
-                while pending and len(running) < workers:
-                    spec = pending.pop(0)
-                    job = Path(tmp) / f"{spec.name}.job"
-                    job.write_bytes(pickle.dumps({"spec": spec, "recipe": RECIPES.get(spec.recipe),
-                                                  "data_root": data_root, "out": checkpoint_path(spec, checkpoint_dir)}))
-                    proc = subprocess.Popen([sys.executable, "-m", "cbbench.train", str(job)], stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True)
-                    threading.Thread(target=lambda p=proc: [lines.put(line) for line in p.stdout], daemon=True).start()
-                    running[proc] = spec
+            for w in range(workers):
+                share = todo[w::workers]
+                job = Path(tmp) / f"worker{w}.job"
+                job.write_bytes(pickle.dumps([{"spec": s, "recipe": RECIPES.get(s.recipe), "data_root": data_root,
+                                               "out": checkpoint_path(s, checkpoint_dir)} for s in share]))
+                proc = subprocess.Popen([sys.executable, "-m", "cbbench.train", str(job)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+                threading.Thread(target=lambda p=proc: [lines.put(line) for line in p.stdout], daemon=True).start()
+                running[proc] = [s.name for s in share]
+            while running:
                 try:
                     lines.get(timeout=0.5)
                     if bar:
@@ -235,10 +231,10 @@ def _train_in_workers(todo: list[ModelSpec], checkpoint_dir, data_root, workers:
                 except Empty:
                     pass
                 for proc in [p for p in running if p.poll() is not None]:
-                    spec = running.pop(proc)
-                    if proc.returncode not in (0, EXIT_NO_DATA):
+                    names = running.pop(proc)
+                    if proc.returncode != 0:
                         err = proc.stderr.read().strip().splitlines()
-                        raise RuntimeError(f"training {spec.name} failed in its worker process (exit "
+                        raise RuntimeError(f"training {', '.join(names)} failed in a worker process (exit "
                                            f"{proc.returncode}): {err[-1] if err else 'no message'}")
             while bar is not None and not lines.empty():  # epochs reported just before the last exit
                 lines.get()
@@ -250,11 +246,11 @@ def _train_in_workers(todo: list[ModelSpec], checkpoint_dir, data_root, workers:
 
 
 def _worker_main(job_file: str) -> int:
-    """Entry of a training worker: one model, one thread, one JSON line per finished epoch on stdout."""
+    """Entry of a training worker: its models one after the other, on one thread, a JSON line per epoch.
+    A model whose data is missing is skipped (loading it later reports the reason)."""
     import pickle
-    import sys
 
-    job = pickle.loads(Path(job_file).read_bytes())  # written just now by _train_in_workers, same user
+    jobs = pickle.loads(Path(job_file).read_bytes())  # written just now by _train_in_workers, same user
     parent = os.getppid()
 
     def report(entry: dict) -> None:
@@ -262,11 +258,11 @@ def _worker_main(job_file: str) -> int:
             raise SystemExit(1)
         print(json.dumps({"model": entry["model"], "epoch": entry["epoch"]}), flush=True)
 
-    try:
-        train(job["spec"], Path(job["out"]), progress=report, data_root=job["data_root"], recipe=job["recipe"])
-    except DatasetMissingError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_NO_DATA
+    for job in jobs:
+        try:
+            train(job["spec"], Path(job["out"]), progress=report, data_root=job["data_root"], recipe=job["recipe"])
+        except DatasetMissingError:
+            continue
     return 0
 
 
