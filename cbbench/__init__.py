@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "ContextBroadcast": "cbbench.cb",
     "add_context_broadcasting": "cbbench.cb",
+    "has_context_broadcasting": "cbbench.cb",
+    "load_baseline_into_scaled_cb": "cbbench.cb",
     "corrupt": "cbbench.corruptions",
     "load_model": "cbbench.models.build",
 }

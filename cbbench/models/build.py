@@ -29,7 +29,11 @@ class Normalized(nn.Module):
 
 
 def build_network(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
-    """The bare timm network for ``spec`` (CB applied when asked), seeded by ``spec.seed``."""
+    """The bare timm network for ``spec`` (CB and its variant settings applied when asked), seeded by ``spec.seed``.
+
+    CB is added after timm builds (and seeds) the network and draws no random numbers: a CB
+    variant's initial weights equal its baseline's (a scaled variant's scales start at ones).
+    """
     import timm
 
     with torch.random.fork_rng(devices=[]):
@@ -41,7 +45,8 @@ def build_network(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
                 raise ValueError(f"model {spec.name}: timm has no architecture {spec.arch!r}") from exc
             raise
     if spec.cb:
-        add_context_broadcasting(net, spec.cb_layers)
+        add_context_broadcasting(net, spec.cb_layers, position=spec.cb_position, alpha=spec.cb_alpha,
+                                 scaled=spec.cb_scaled)
     return net
 
 

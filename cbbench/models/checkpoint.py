@@ -38,14 +38,27 @@ def load_state_dict_checked(net: nn.Module, state: dict[str, torch.Tensor], sour
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                     for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or shapes:
+        from cbbench.cb import cb_scale_keys
+
+        scales = set(cb_scale_keys(net))
+        if missing and set(missing) <= scales and not unexpected and not shapes:  # named in full
+            raise CheckpointError(
+                f"checkpoint {source} has no learned CB scales for this scaled CB variant (cbbench's reading of "
+                f"CB_S): {len(missing)} missing key(s), exactly the scales: {'; '.join(missing)}. Every other key "
+                "fits: it is a baseline or unscaled-CB checkpoint. Pass a checkpoint trained with the scaled "
+                "variant, or start from this one explicitly with "
+                "cbbench.cb.load_baseline_into_scaled_cb(net, state) (scales set to ones)."
+            )
         parts = []
         for label, keys in (("mis-shaped", shapes), ("missing", missing), ("unexpected", unexpected)):
             if keys:
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{label}: {'; '.join(keys[:5])}{more}")
+        hint = (" The model has learned CB scales (a scaled CB variant); a baseline checkpoint lacks them."
+                if scales & set(missing) else "")
         raise CheckpointError(
             f"checkpoint {source} does not fit the model architecture. " + " | ".join(parts)
-            + ". Check that the model name/arch matches the checkpoint (e.g. tiny vs small, num_classes)."
+            + ". Check that the model name/arch matches the checkpoint (e.g. tiny vs small, num_classes)." + hint
         )
     net.load_state_dict(state, strict=True)
 

@@ -110,9 +110,20 @@ def cost_verdict(low: float, high: float, tolerance: float = 0.05) -> tuple[str,
     return INSUFFICIENT, f"the interval reaches beyond ±{tolerance:.0%}"
 
 
+# Spec fields that make one CB variant differ from another (only non-default ones are in a stored spec).
+CB_VARIANT_FIELDS = ("cb_layers", "cb_position", "cb_alpha", "cb_scaled")
+
+
 def size_label(spec: dict) -> str:
+    """The model size, and the CB variant when it is not the paper's (e.g. "depth 4, dim 64, CB(position=attn)")."""
     kw = spec.get("arch_kwargs", {})
-    return f"depth {kw.get('depth', '?')}, dim {kw.get('embed_dim', '?')}" if kw else spec["arch"]
+    size = f"depth {kw.get('depth', '?')}, dim {kw.get('embed_dim', '?')}" if kw else spec["arch"]
+    variant = {k.removeprefix("cb_"): spec[k] for k in CB_VARIANT_FIELDS if spec.get(k) is not None}
+    if not variant:
+        return size
+    shown = ", ".join(f"{k}={'-'.join(map(str, v)) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v}"
+                      for k, v in variant.items())
+    return f"{size}, CB({shown})"
 
 
 def _ok(cells, model, task) -> bool:
@@ -125,11 +136,12 @@ def _finite(values) -> bool:
 
 def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
     """Every claim this run measured, per model size, judged from its per-seed paired differences."""
-    sizes: dict[str, list[tuple[str, str]]] = {}  # size -> [(cb model, its baseline)]
+    sizes: dict[str, list[tuple[str, str]]] = {}  # model size and CB variant -> [(cb model, its baseline)]
     for m, spec in specs.items():
         base = pair_of(spec, specs)
         if base is not None:
-            sizes.setdefault(json.dumps(spec.get("arch_kwargs", {}), sort_keys=True) + spec["arch"], []).append((m, base))
+            key = {k: spec.get(k) for k in ("arch", "arch_kwargs", *CB_VARIANT_FIELDS)}
+            sizes.setdefault(json.dumps(key, sort_keys=True, default=list), []).append((m, base))
     tasks = {t for _, t in cells}
     judged, gains = [], {}
     for pairs in sizes.values():
