@@ -135,6 +135,11 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
             f"counterpart of {suite.name})")
         suite = SUITES.get(suite.with_data_root)
     specs = [resolve(name) for name in (config.models or suite.models)]
+    for spec in specs:  # a checkpoint the user named must exist: bad input, before any work (zoo cache: files may not)
+        if spec.weights == "file" and not spec.checkpoint.startswith("cache:") \
+                and not Path(spec.checkpoint).expanduser().is_file():
+            raise FileNotFoundError(f"model {spec.name}: checkpoint {spec.checkpoint} not found; pass an existing "
+                                    "file (timm:ARCH[+cb]@/path/to/checkpoint.pth)")
     tasks = [TASKS.get(name) for name in (config.tasks or suite.tasks)]
     pipeline = config.pipeline  # validates --amp before any work
     device = distributed.local_device(pick_device(config.device))
