@@ -11,7 +11,7 @@ import pytest
 
 from cbbench.store import Store
 
-ARGS = ["run", "--suite", "robustness", "--limit", "40", "--batch-size", "8",
+ARGS = ["run", "--suite", "robustness", "--models", "demo_vit", "demo_vit_cb", "--limit", "40", "--batch-size", "8",
         "--tasks", "clean", "corruptions", "pgd", "attention_entropy"]
 
 

@@ -32,7 +32,7 @@ from tests.conftest import tiny_vit
 
 TASK_NAMES = ["clean", "corruptions"]
 MODELS = ["demo_vit", "demo_vit_cb"]
-ARGS = ["run", "--suite", "robustness", "--tasks", *TASK_NAMES, "--limit", "4", "--batch-size", "4"]
+ARGS = ["run", "--suite", "robustness", "--models", *MODELS, "--tasks", *TASK_NAMES, "--limit", "4", "--batch-size", "4"]
 N_CELLS = len(TASK_NAMES) * len(MODELS)
 
 
@@ -208,7 +208,7 @@ def test_a_task_failing_midway_keeps_earlier_cells_and_parts_and_the_rerun_compl
     parts stay, the cell is 'failed'; the rerun recomputes only that cell, from where it stopped."""
     from cbbench.runner import RunConfig, run
 
-    config = RunConfig(suite="robustness", tasks=TASK_NAMES, limit=4, batch_size=4, results=str(tmp_path),
+    config = RunConfig(suite="robustness", models=MODELS, tasks=TASK_NAMES, limit=4, batch_size=4, results=str(tmp_path),
                        checkpoints=str(checkpoints))
     # One forward per cell or part: the 2 clean cells, 9 parts of corruptions on demo_vit, then the failure.
     calls = fail_forward_at(monkeypatch, 2 + 9 + 1, "simulated failure midway")
