@@ -42,6 +42,11 @@ def expected_counts() -> dict[str, Expected]:
     }
 
 
+def expected_train() -> Expected:
+    """ImageNet train (read by ``cbbench train --recipe``): 732 to 1,300 images per class, so no per-class count."""
+    return Expected(classes.imagenet_wnids(), 1_281_167)
+
+
 def _natural(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)  # V2's "2" before "10"
 
@@ -136,10 +141,12 @@ def _check_imagenet_c(root: Path, exp: Expected, path_col: str) -> dict:
 
 def check_datasets(data_root: Path | None) -> list[dict]:
     """One row per ImageNet-scale dataset: dataset, status, images, expected, classes, path, detail."""
+    from cbbench.training.data import TRAIN, train_dir  # the train layout lives with its only reader
+
     rows = []
-    for name, exp in expected_counts().items():
-        layout = LAYOUTS[name]
-        path, source = dataset_dir(name, data_root)
+    for name, exp in {**expected_counts(), TRAIN.name: expected_train()}.items():
+        layout = TRAIN if name == TRAIN.name else LAYOUTS[name]
+        path, source = train_dir(data_root) if name == TRAIN.name else dataset_dir(name, data_root)
         total = exp.total * (len(ALL_CORRUPTIONS) * len(SEVERITIES) if name == "imagenet_c" else 1)
         if path is None:
             rows.append(_row(name, "missing", None, total, "", f"<data root>/{layout.subdir}",
