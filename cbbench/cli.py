@@ -59,12 +59,16 @@ def cmd_report(args) -> int:
     from cbbench.paths import results_dir
     from cbbench.report import write_reports
 
+    if args.suite:
+        from cbbench.suites import SUITES
+
+        SUITES.get(args.suite)  # an unknown name: exit 2 with "did you mean"
     root = results_dir(args.results)
     if not (root / "cbbench.sqlite").is_file():
         print(f"error: no results store in {root}; run 'cbbench run --suite robustness' first "
               "(or point --results at the directory that holds cbbench.sqlite)", file=sys.stderr)
         return EXIT_USAGE
-    files = write_reports(root, [args.suite] if args.suite else None, tuple(args.format.split(",")))
+    files = write_reports(root, [args.suite] if args.suite else None, args.format)
     if not files:
         what = f"suite {args.suite!r}" if args.suite else "any suite"
         print(f"the store {root / 'cbbench.sqlite'} has no results for {what}; nothing to report")
@@ -91,6 +95,15 @@ def cmd_ls(args) -> int:
 
         rows = [(n, s.dataset, ", ".join(s.models), ", ".join(s.tasks)) for n, s in SUITES.items()]
         headers = ["suite", "dataset", "models", "tasks"]
+    elif args.what == "recipes":
+        from cbbench.train import RECIPES as ZOO_RECIPES
+        from cbbench.training.recipe import RECIPES
+
+        rows = [(n, "cbbench train --recipe", r.init, r.epochs, r.batch_size, r.description)
+                for n, r in RECIPES.items()]
+        rows += [(n, "cbbench train MODEL (zoo models)", "scratch", r.epochs, r.batch_size, r.dataset)
+                 for n, r in ZOO_RECIPES.items()]
+        headers = ["recipe", "used by", "start", "epochs", "batch", "description"]
     else:
         from cbbench.data.base import DATASETS
 
@@ -141,12 +154,49 @@ def cmd_datasets_make_c(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cbbench.models.zoo import resolve
     from cbbench.runner import pick_device
+
+    device = pick_device(args.device or ("auto" if args.recipe else "cpu"))  # clear error for cuda without a GPU
+    if args.recipe:
+        from pathlib import Path
+
+        from cbbench import distributed
+        from cbbench.paths import data_root
+        from cbbench.training.loop import Runtime, train_pair
+        from cbbench.training.recipe import parse_sets
+
+        if args.models:
+            raise ValueError(f"--recipe trains a baseline/CB pair of --arch; drop the model names {args.models} "
+                             "(those are for the demo/CIFAR recipes without --recipe)")
+        if not args.arch or not args.out:
+            raise ValueError("--recipe needs --arch TIMM_ARCH (e.g. deit_tiny_patch16_224) and --out DIR")
+        distributed.init_from_env(device.type)
+        device = distributed.local_device(device)
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(device)
+        sets = {**parse_sets(args.set), **({"epochs": args.epochs} if args.epochs else {})}
+        main_rank = distributed.is_main()
+        per_process_cpus = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        runtime = Runtime(device, amp=args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda"),
+                          channels_last=args.channels_last, compile=args.compile,
+                          workers=args.workers if args.workers is not None else max(1, min(8, per_process_cpus)),
+                          save_every=args.save_every, progress=main_rank)
+        out = Path(args.out)
+        t0 = time.perf_counter()
+        train_pair(args.recipe, args.arch, data_root(args.data_root), out, runtime, sets=sets, seed=args.seed,
+                   pretrained=args.pretrained, init=args.init, resume=args.resume,
+                   say=(lambda msg: print(msg, file=sys.stderr)) if main_rank else None)
+        if main_rank:
+            print(f"trained the {args.arch} pair in {time.perf_counter() - t0:.0f} s: {out / 'baseline.pth'}, "
+                  f"{out / 'cb.pth'}; model card {out / 'card.md'}")
+        return 0
+
+    from cbbench.models.zoo import resolve
     from cbbench.train import checkpoint_path, train
 
-    device = pick_device(args.device)  # a clear error for cuda without a GPU, before any work
-    for name in args.models:
+    for name in args.models or ["demo_vit", "demo_vit_cb"]:
         spec = resolve(name)
         if spec.weights != "train":
             raise ValueError(f"model {name} has weights={spec.weights!r}; only models with a training recipe "
@@ -172,16 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="evaluate models on a suite's tasks and write the report")
-    p.add_argument("--suite", default="robustness")
+    p.add_argument("--suite", help="suite name (cbbench ls suites); default: robustness, or robustness_imagenet "
+                                   "when a data root is given")
     p.add_argument("--models", nargs="+", help="zoo names or ad-hoc timm:ARCH[+cb][@CKPT] (default: the suite's)")
     p.add_argument("--tasks", nargs="+", help="task names (default: the suite's)")
     p.add_argument("--data-root", help="root of the datasets (or CBBENCH_DATA); none: the embedded default")
     p.add_argument("--results", help="results directory (or CBBENCH_RESULTS; default ./results)")
     p.add_argument("--checkpoints", help="where trained demo checkpoints are cached (or CBBENCH_CKPT)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N test images (smoke tests)")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N test images (smoke tests)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0, help="seed of corruptions and attack random starts")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of corruptions and attack random starts")
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--force", action="store_true", help="recompute cells already in the store")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
                    help="autocast dtype of the evaluation forward (attacks keep fp32 gradients); changes numbers, "
@@ -195,11 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render reports from the results store")
     p.add_argument("--results", help="results directory (default ./results)")
     p.add_argument("--suite", help="only this suite (default: every suite in the store)")
-    p.add_argument("--format", default="md,csv,json", help="comma-separated: md,csv,json")
+    p.add_argument("--format", type=report_formats, default="md,csv,json", help="comma-separated: md,csv,json")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("ls", help="list registered models, tasks, suites or datasets")
-    p.add_argument("what", choices=["models", "tasks", "suites", "datasets"])
+    p = sub.add_parser("ls", help="list registered models, tasks, suites, datasets or training recipes")
+    p.add_argument("what", choices=["models", "tasks", "suites", "datasets", "recipes"])
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("datasets", help="check datasets under a data root, or make ImageNet-C from val")
@@ -215,25 +266,83 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     q.add_argument("--engine", choices=["torch", "reference"], default="torch",
                    help="torch: cbbench's batched engine (CPU or GPU); reference: imagecorruptions 1.1.2")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--batch-size", type=int, default=64, help="also fixes the torch engine's random draws")
-    q.add_argument("--limit", type=int, help="only the first N val images (in sorted order)")
+    q.add_argument("--seed", type=seed_int, default=0)
+    q.add_argument("--batch-size", type=positive_int, default=64, help="also fixes the torch engine's random draws")
+    q.add_argument("--limit", type=positive_int, help="only the first N val images (in sorted order)")
     q.add_argument("--device", default="auto", help="cpu, cuda ... (the torch engine runs there)")
     q.set_defaults(func=cmd_datasets_make_c)
 
-    p = sub.add_parser("train", help="train demo or CIFAR models with their recipe into the checkpoint cache")
-    p.add_argument("models", nargs="*", default=["demo_vit", "demo_vit_cb"])
+    p = sub.add_parser("train", help="train demo/CIFAR models into the checkpoint cache, or (--recipe) an ImageNet "
+                                      "baseline/CB pair with timm's training stack")
+    p.add_argument("models", nargs="*", default=[], help="demo or CIFAR zoo models (default: demo_vit demo_vit_cb)")
     p.add_argument("--checkpoints", help="checkpoint cache directory (or CBBENCH_CKPT)")
-    p.add_argument("--data-root", help="where CIFAR models read their training data (or CBBENCH_DATA); "
-                                       "digits need none")
+    p.add_argument("--data-root", help="where CIFAR models read their training data, and --recipe reads "
+                                       "imagenet/train (and imagenet/val for held-out top-1) (or CBBENCH_DATA)")
     p.add_argument("--force", action="store_true", help="retrain even if a checkpoint exists")
-    p.add_argument("--device", default="cpu", help="cpu (bit-for-bit reproducible), cuda, cuda:1, auto ...")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, auto ... (default: cpu, bit-for-bit reproducible; "
+                                    "with --recipe: auto)")
+    q = p.add_argument_group("ImageNet pair (--recipe; docs/train_imagenet.md)")
+    q.add_argument("--recipe", help="training recipe of the pair ('cbbench ls recipes'): deit, cb_finetune, smoke")
+    q.add_argument("--arch", help="timm architecture of both arms, e.g. deit_tiny_patch16_224")
+    q.add_argument("--out", help="folder for baseline.pth, cb.pth, card.json/.md, logs and the resumable state")
+    q.add_argument("--pretrained", action="store_true", help="start both arms from timm's pretrained weights")
+    q.add_argument("--init", help="start both arms from this state_dict of --arch (e.g. your baseline.pth)")
+    q.add_argument("--seed", type=seed_int, default=0, help="initialization, data order and every augmentation draw")
+    q.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (the lr schedule follows)")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    q.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="override recipe values, read as YAML: --set micro_batch=64 aa=null")
+    q.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
+                   help="bf16 autocast (default auto: on for CUDA, off on CPU)")
+    q.add_argument("--channels-last", action="store_true", help="NHWC images and weights")
+    q.add_argument("--compile", action="store_true", help="torch.compile both arms (minutes of compiling first)")
+    q.add_argument("--workers", type=int, help="DataLoader workers per process (default: CPUs per process, at most 8)")
+    q.add_argument("--save-every", type=positive_int, default=500, metavar="K",
+                   help="also checkpoint every K optimizer steps inside an epoch (default 500)")
     p.set_defaults(func=cmd_train)
     return parser
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse then exits 2 with the option's name)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed in 0 .. 2**63 - 1 (what numpy's SeedSequence and SQLite both accept)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, not {value}")
+    return value
+
+
+def report_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = [f for f in formats if f not in ("md", "csv", "json")]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown or [text]}; choose from md, csv, json")
+    return formats
+
+
+def _terminated(signum, frame):
+    raise SystemExit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    if threading_main():
+        signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from cbbench.errors import CheckpointError, StoreError
@@ -246,6 +355,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished cells are in the store; rerun the same command to resume", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if exc.code == 143:
+            print("terminated (SIGTERM): finished cells are in the store; rerun the same command to resume",
+                  file=sys.stderr)
+        raise
+    except BrokenPipeError:  # e.g. `cbbench ls models | head -1`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
+
+
+def threading_main() -> bool:
+    """Signal handlers can only be set from the main thread (not when main() runs inside a worker thread)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

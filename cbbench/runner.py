@@ -35,7 +35,7 @@ STREAM_EVERY_S = float(os.environ.get("CBBENCH_STREAM_EVERY_S", "30"))
 
 @dataclass
 class RunConfig:
-    suite: str = "robustness"
+    suite: str | None = None  # None: "robustness", or its data-backed counterpart when a data root is given
     models: list[str] | None = None
     tasks: list[str] | None = None
     data_root: str | None = None
@@ -129,8 +129,8 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
     """Execute ``config``; every finished cell is committed at once, so an interrupted run resumes."""
     say = on_event or (lambda msg: None)
     data_root = resolve_data_root(config.data_root)
-    suite = SUITES.get(config.suite)
-    if data_root is not None and suite.with_data_root and not (config.models or config.tasks):
+    suite = SUITES.get(config.suite or "robustness")
+    if data_root is not None and suite.with_data_root and config.suite is None:
         say(f"data root {data_root} given: running suite {suite.with_data_root} (the data-backed "
             f"counterpart of {suite.name})")
         suite = SUITES.get(suite.with_data_root)

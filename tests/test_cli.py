@@ -16,7 +16,10 @@ LIMIT = "24"
 
 
 def run_cli(capsys, *args):
-    code = main(list(args))
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse rejects a bad value with exit 2
+        code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -40,8 +43,10 @@ def test_default_suite_writes_a_leaderboard_with_every_task(first_run):
     md = (first_run / "robustness.md").read_text()
     assert re.search(r"^\| demo_vit +\| 0\.15M", md, re.M)
     assert re.search(r"^\| demo_vit_cb \(CB\)", md, re.M)
-    assert re.search(r"^\| Δ vs demo_vit \[95% CI\]", md, re.M)
-    for header in ("clean top-1 ↑", "corruption acc. (mean 15x5) ↑", "fgsm robust acc. ↑", "pgd robust acc. ↑",
+    assert re.search(r"^\| Δ vs demo_vit \[95% CI, images\]", md, re.M)
+    assert re.search(r"^\| Δ CB − baseline \[95% t-interval across seeds\]", md, re.M)
+    assert md.index("## Verdict") < md.index("## Leaderboard across training seeds")
+    for header in ("clean top-1 ↑", "corruption acc. (torch engine) ↑", "fgsm robust acc. ↑", "pgd robust acc. ↑",
                    "pgd_strong robust acc. ↑", "attn. entropy (H/log N)"):
         assert header in md
     for task in SUITES.get("robustness").tasks:
@@ -66,12 +71,13 @@ def test_second_run_reuses_every_cell(first_run, demo_checkpoints, capsys):
     before = summary_table((first_run / "robustness.md").read_text())
     code, out, _ = run_cli(capsys, "run", "--limit", LIMIT, "--checkpoints", str(demo_checkpoints),
                            "--results", str(first_run))
-    n_cells = 2 * len(SUITES.get("robustness").tasks)
+    suite = SUITES.get("robustness")
+    n_cells = len(suite.models) * len(suite.tasks)
     assert code == 0 and f"0 computed, {n_cells} reused" in out
     assert summary_table((first_run / "robustness.md").read_text()) == before
     code, out, _ = run_cli(capsys, "run", "--limit", LIMIT, "--checkpoints", str(demo_checkpoints),
                            "--results", str(first_run), "--tasks", "clean", "--force")
-    assert code == 0 and "2 computed, 0 reused" in out
+    assert code == 0 and f"{len(suite.models)} computed, 0 reused" in out
 
 
 def test_interrupted_run_resumes_to_the_same_table(first_run, demo_checkpoints, tmp_path, capsys, monkeypatch):
@@ -87,7 +93,7 @@ def test_interrupted_run_resumes_to_the_same_table(first_run, demo_checkpoints, 
 
     monkeypatch.setattr(type(clean_task), "evaluate", interrupt_second_call)
     args = ["run", "--limit", LIMIT, "--checkpoints", str(demo_checkpoints), "--results", str(tmp_path),
-            "--tasks", "clean", "fgsm"]
+            "--models", "demo_vit", "demo_vit_cb", "--tasks", "clean", "fgsm"]
     code, _, err = run_cli(capsys, *args)
     assert code == 130 and "rerun the same command to resume" in err
     monkeypatch.setattr(type(clean_task), "evaluate", original)
@@ -119,6 +125,16 @@ def test_a_failing_task_is_reported_and_the_others_are_kept(demo_checkpoints, tm
     (["run", "--data-root", "/no/such/dir"], "data root /no/such/dir does not exist"),
     (["run", "--models", "timm:deit small"], "cannot parse ad-hoc model"),
     (["run", "--device", "tpu9"], "unknown device 'tpu9'"),
+    (["run", "--models", "timm:deit_tiny_patch16_224@/typo.pth"], "checkpoint /typo.pth not found"),
+    (["run", "--limit", "0"], "argument --limit: must be at least 1, not 0"),
+    (["run", "--limit", "-5"], "argument --limit: must be at least 1"),
+    (["run", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    (["run", "--batch-size", "x"], "argument --batch-size: expected a whole number"),
+    (["run", "--seed", "-1"], "argument --seed: must be between 0 and 2**63 - 1"),
+    (["run", "--seed", str(10 ** 23)], "argument --seed: must be between 0 and 2**63 - 1"),
+    (["report", "--format", "xml"], "unknown format(s) ['xml']"),
+    (["report", "--suite", "nope", "--results", "."], "unknown suite 'nope'"),
+    (["datasets", "make-c", "--src", ".", "--out", "o", "--batch-size", "0"], "argument --batch-size"),
     pytest.param(["run", "--device", "cuda:7"], "no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
@@ -155,8 +171,8 @@ def test_report_rerenders_from_the_store_alone(first_run, tmp_path, capsys):
     (first_run / "robustness.md").unlink()
     code, out, _ = run_cli(capsys, "report", "--results", str(first_run), "--format", "md")
     assert code == 0 and (first_run / "robustness.md").read_text() == before
-    code, out, _ = run_cli(capsys, "report", "--results", str(first_run), "--suite", "nothing")
-    assert code == 0 and "no results for suite 'nothing'" in out
+    code, out, _ = run_cli(capsys, "report", "--results", str(first_run), "--suite", "paper")
+    assert code == 0 and "no results for suite 'paper'" in out
 
 
 def test_console_entry_point_lists_registries():
@@ -201,3 +217,17 @@ def test_datasets_make_c_writes_a_tree_and_resumes(tmp_path, capsys):
     assert code == 0 and "0 files written, 8 already there" in out
     code, _, err = run_cli(capsys, *args[:-5], "fogg", "--device", "cpu")
     assert code == 2 and "unknown corruption(s) ['fogg']" in err and "gaussian_noise" in err
+
+
+def test_make_c_refuses_an_output_inside_its_source_or_a_file(tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "val"
+    (src / "n01440764").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (30, 90, 60)).save(src / "n01440764" / "ILSVRC2012_val_1.JPEG")
+    (tmp_path / "a_file").write_text("")
+    for out, message in ((src, "overlap"), (src / "c", "overlap"), (tmp_path / "a_file", "is a file")):
+        code, _, err = run_cli(capsys, "datasets", "make-c", "--src", str(src), "--out", str(out),
+                               "--corruptions", "contrast", "--severities", "1", "--device", "cpu")
+        assert code == 2 and message in err and "Traceback" not in err
+    assert sorted(p.name for p in src.rglob("*")) == ["ILSVRC2012_val_1.JPEG", "n01440764"]  # nothing written
