@@ -111,7 +111,8 @@ def plot_corruption_severity(cells, path) -> Path | None:
     would be a tangle, so each panel shows the family-mean accuracy per model
     (thick, colour = pair) over faint per-corruption lines of the same style.
     """
-    ok = _ok(cells, lambda c: c.task == "corruptions")
+    engine_task = "corruptions" if any(c.task == "corruptions" for c in cells) else "corruptions_torch"
+    ok = _ok(cells, lambda c: c.task == engine_task)  # the reference engine's cells when a run has both
     if not ok:
         return None
     styles = _styles(cells)
