@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import torch
 
 from cbbench.cli import main
 from cbbench.training.loop import Runtime, train_pair
+from cbbench.train import one_thread as cpu_one_thread
 from cbbench.training.recipe import FIELDS, RECIPES
 from tests.conftest import SHARED_SAMPLE
 
@@ -43,15 +43,9 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-@contextmanager
 def one_thread():
     """The subprocesses run with OMP_NUM_THREADS=1; an in-process reference must use the same kernels."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return cpu_one_thread(torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,11 @@ LAYOUTS: dict[str, Layout] = {l.name: l for l in [
 
 def dataset_dir(name: str, data_root: Path | None) -> tuple[Path | None, str]:
     """(folder, where it came from) for dataset ``name``; the folder is None when nothing says where."""
-    layout = LAYOUTS[name]
+    return layout_dir(LAYOUTS[name], data_root)
+
+
+def layout_dir(layout: Layout, data_root: Path | None) -> tuple[Path | None, str]:
+    """(folder, where it came from) of a layout: its environment variable, else its place under the data root."""
     value = os.environ.get(layout.env)
     if value:
         return Path(value).expanduser(), layout.env

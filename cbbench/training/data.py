@@ -16,7 +16,6 @@ the number of processes.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,13 +33,10 @@ TRAIN = Layout("imagenet_train", "ImageNet-1k train", "imagenet/train", "CBBENCH
 
 
 def train_dir(data_root: Path | None) -> tuple[Path | None, str]:
-    """(folder, where it came from) of ImageNet train, as ``imagenet.dataset_dir`` for the eval sets."""
-    value = os.environ.get(TRAIN.env)
-    if value:
-        return Path(value).expanduser(), TRAIN.env
-    if data_root is not None:
-        return Path(data_root) / TRAIN.subdir, "data root"
-    return None, ""
+    """(folder, where it came from) of ImageNet train, found as the eval sets are."""
+    from cbbench.data.imagenet import layout_dir
+
+    return layout_dir(TRAIN, data_root)
 
 
 def imagenet_train(data_root: Path | None) -> ImageFolderDataset:
