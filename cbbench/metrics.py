@@ -441,3 +441,8 @@ def nonfinite_count(metrics: dict) -> int:
     """
     return int(max((v for k, v in metrics.items() if k.endswith("nonfinite") and isinstance(v, (int, float))),
                    default=0))
+
+
+def cell_nonfinite(cell) -> int:
+    """``nonfinite_count`` of a stored cell that finished ('ok'); 0 for a missing, skipped or failed one."""
+    return nonfinite_count(cell.metrics) if cell is not None and cell.status == "ok" else 0

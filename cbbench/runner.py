@@ -177,9 +177,8 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 if skip is not None:
                     store.put(**ident, status="skipped", reason=skip)
                     outcome = CellOutcome(spec.name, task.name, "skipped", skip)
-                elif distributed.from_main(store.has(key)) and not config.force:
-                    outcome = CellOutcome(spec.name, task.name, "cached",
-                                          nonfinite=nonfinite_count(store.get(key).metrics) if distributed.is_main() else 0)
+                elif (stored := distributed.from_main(store.ok_metrics(key))) is not None and not config.force:
+                    outcome = CellOutcome(spec.name, task.name, "cached", nonfinite=nonfinite_count(stored))
                 else:
                     if config.force:
                         store.delete_parts(key)  # also what an interrupted attempt stored

@@ -120,8 +120,13 @@ class Store:
 
     # cells
     def has(self, key: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM cells WHERE key=? AND status='ok'", (key,)).fetchone()
-        return row is not None
+        return self.ok_metrics(key) is not None
+
+    def ok_metrics(self, key: str) -> dict | None:
+        """The metrics of a finished ('ok') cell, None if there is none: the runner's cache check, without
+        reading the cell's per-sample arrays."""
+        row = self.db.execute("SELECT metrics FROM cells WHERE key=? AND status='ok'", (key,)).fetchone()
+        return None if row is None else json.loads(row[0] or "{}")
 
     def put(self, *, key: str, model: str, model_spec: dict, weights_digest: str, task: str, task_version: int,
             task_params: dict, dataset: str, limit: int | None, seed: int, status: str, reason: str | None = None,

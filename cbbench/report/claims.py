@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from cbbench.metrics import nonfinite_count
+from cbbench.metrics import cell_nonfinite
 from cbbench.report.pairing import pair_of
 
 SUPPORTED, CONTRADICTED, INSUFFICIENT, NO_VERDICT = "supported", "contradicted", "insufficient evidence", "no verdict"
@@ -155,7 +155,7 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
                 continue
             deltas = [cells[(m, task)].metrics.get(claim.key, math.nan) - cells[(b, task)].metrics.get(claim.key, math.nan)
                       for m, b in measured]
-            broken = [x for pair in measured for x in pair if nonfinite_count(cells[(x, task)].metrics)]
+            broken = [x for pair in measured for x in pair if cell_nonfinite(cells[(x, task)])]
             if broken or not _finite(deltas):
                 judged.append(Judged(claim.text, size, claim.label, [], claim.percent, NO_VERDICT,
                                      f"non-finite outputs from {', '.join(broken)}" if broken

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from cbbench.metrics import mcnemar_exact, nonfinite_count, paired_bootstrap_ci, seed_summary
+from cbbench.metrics import cell_nonfinite, mcnemar_exact, paired_bootstrap_ci, seed_summary
 from cbbench.report.pairing import pair_of
 from cbbench.store import Cell, Store
 from cbbench.tasks import TASKS
@@ -75,7 +75,7 @@ def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: di
             continue
         for task in tasks:
             a, b = cells.get((base, task)), cells.get((model, task))
-            if not (a and b and a.status == b.status == "ok") or nonfinite_count(a.metrics) or nonfinite_count(b.metrics):
+            if not (a and b and a.status == b.status == "ok") or cell_nonfinite(a) or cell_nonfinite(b):
                 continue  # non-finite outputs: the table says so, no statistics
             col = _column(task)
             xa, xb = per_sample(a), per_sample(b)
@@ -125,7 +125,7 @@ def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], pair
         row = {"arm": label, "seeds": ", ".join(str(specs[m]["seed"]) for m in members)}
         for col in columns:
             ok = [cells[(m, col.task)] for m in members if (m, col.task) in cells and cells[(m, col.task)].status == "ok"]
-            bad = sum(nonfinite_count(c.metrics) > 0 for c in ok)
+            bad = sum(cell_nonfinite(c) > 0 for c in ok)
             row[col.header] = (f"{bad} seed(s) non-finite" if bad else
                                _mean_std(col, [c.metrics.get(col.key) for c in ok]))
         rows.append(row)
@@ -203,7 +203,7 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
                   "num_params": params}
         for col in columns:
             cell = cells.get((m, col.task))
-            bad = nonfinite_count(cell.metrics) if cell and cell.status == "ok" else 0
+            bad = cell_nonfinite(cell)
             value = cell.metrics.get(col.key) if cell and cell.status == "ok" and not bad else None
             row[col.header] = (f"non-finite on {bad} img" if bad else
                                col.fmt(value) if cell is None or cell.status == "ok" else cell.status)
@@ -217,14 +217,13 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
             drow = {"model": f"Δ vs {base} [95% CI, images]", "params": ""}
             for col in columns:
                 r = delta_by.get((f"{m} − {base}", col.task))
-                pair = [cells.get((x, col.task)) for x in (base, m)]
-                withheld = any(c is not None and c.status == "ok" and nonfinite_count(c.metrics) for c in pair)
+                withheld = any(cell_nonfinite(cells.get((x, col.task))) for x in (base, m))
                 drow[col.header] = "withheld: non-finite outputs" if withheld else r["Δ [95% CI]"] if r else "–"
             table.append(drow)
     summary = pd.DataFrame(records)
 
     dataset = next(iter(cells.values())).dataset
-    from cbbench.report.claims import judge_claims, sentence, table_rows
+    from cbbench.report.claims import judge_claims, table_rows
 
     seeded = any(len(g) > 1 for g in _seed_groups(ordered, specs).values())
     judged = judge_claims(cells, specs)
