@@ -386,6 +386,7 @@ def _provenance(cells, config, models) -> list[str]:
     prov = max(ok, key=lambda c: c.created).provenance
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
     total = sum(c.wall_s or 0 for c in ok)
+    engines = sorted({f"yes ({c.task_params['engine']})" for c in ok if c.task_params.get("engine")})
     lines = ["## Provenance", "",
              f"- packages: {versions}; Python {prov.get('python')}",
              f"- device: {prov.get('device')}, {prov.get('threads')} threads"
@@ -393,7 +394,7 @@ def _provenance(cells, config, models) -> list[str]:
              + f"; latest cell computed {prov.get('date')}",
              f"- compute time of the cells in this table: {total:.0f} s (cells reused from the store "
              "keep their original time)",
-             f"- corruptions generated on the fly: {'yes' if any(c.task == 'corruptions' for c in ok) else 'n/a'}",
+             f"- corruptions generated on the fly: {', '.join(engines) if engines else 'n/a'}",
              *_pipeline_lines(ok),
              f"- run configuration: `{json.dumps({k: v for k, v in config.items() if v is not None})}`"]
     weights = []
