@@ -15,3 +15,8 @@ class DatasetMissingError(FileNotFoundError):
 
 class CellNotApplicable(Exception):
     """The task cannot apply to this model in this run (e.g. no paired model); recorded as skipped."""
+
+
+class OutputError(RuntimeError):
+    """A report or plot file cannot be written (a directory in its place, a full disk); the results are safe in
+    the store, so the message says how to write the report again."""

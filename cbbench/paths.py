@@ -28,7 +28,11 @@ def checkpoint_dir(cli_value: str | os.PathLike | None = None) -> Path:
     """Where trained demo checkpoints are cached (``CBBENCH_CKPT``, else the user cache dir)."""
     value = cli_value or os.environ.get("CBBENCH_CKPT")
     if value:
-        return Path(value).expanduser()
+        path = Path(value).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"checkpoint directory {path} (--checkpoints or CBBENCH_CKPT) is not a folder; point "
+                             "it at a folder (created if missing), or unset CBBENCH_CKPT for the user cache")
+        return path
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("cbbench")) / "checkpoints"

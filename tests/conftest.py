@@ -26,6 +26,21 @@ def demo_checkpoints(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")
 
 
+@pytest.fixture(scope="session")
+def random_checkpoints(tmp_path_factory) -> Path:
+    """demo_vit and demo_vit_cb with random weights where training would put them: runs that need a model but
+    not a trained one take seconds, not minutes."""
+    from cbbench.models.build import build_network
+    from cbbench.models.zoo import resolve
+    from cbbench.train import checkpoint_path
+
+    root = tmp_path_factory.mktemp("random-checkpoints")
+    for name in ("demo_vit", "demo_vit_cb"):
+        spec = resolve(name)
+        torch.save(build_network(spec).state_dict(), checkpoint_path(spec, root))
+    return root
+
+
 def tiny_vit(cb: bool = False, seed: int = 0, depth: int = 2, **kw) -> torch.nn.Module:
     import timm
 

@@ -118,31 +118,6 @@ def test_a_failing_task_is_reported_and_the_others_are_kept(demo_checkpoints, tm
     assert re.search(r"^\| demo_vit +\| 0\.15M +\| \d+\.\d", md, re.M), "clean results must be kept"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--suite", "robustnes"], "Did you mean 'robustness'"),
-    (["run", "--models", "demo_vti"], "Did you mean 'demo_vit'"),
-    (["run", "--tasks", "fgms"], "Did you mean 'fgsm'"),
-    (["run", "--data-root", "/no/such/dir"], "data root /no/such/dir does not exist"),
-    (["run", "--models", "timm:deit small"], "cannot parse ad-hoc model"),
-    (["run", "--device", "tpu9"], "unknown device 'tpu9'"),
-    (["run", "--models", "timm:deit_tiny_patch16_224@/typo.pth"], "checkpoint /typo.pth not found"),
-    (["run", "--limit", "0"], "argument --limit: must be at least 1, not 0"),
-    (["run", "--limit", "-5"], "argument --limit: must be at least 1"),
-    (["run", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
-    (["run", "--batch-size", "x"], "argument --batch-size: expected a whole number"),
-    (["run", "--seed", "-1"], "argument --seed: must be between 0 and 2**63 - 1"),
-    (["run", "--seed", str(10 ** 23)], "argument --seed: must be between 0 and 2**63 - 1"),
-    (["report", "--format", "xml"], "unknown format(s) ['xml']"),
-    (["report", "--suite", "nope", "--results", "."], "unknown suite 'nope'"),
-    (["datasets", "make-c", "--src", ".", "--out", "o", "--batch-size", "0"], "argument --batch-size"),
-    pytest.param(["run", "--device", "cuda:7"], "no CUDA GPU",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
-])
-def test_bad_input_gets_one_clear_message(args, message, capsys):
-    code, _, err = run_cli(capsys, *args)
-    assert code == 2 and message in err and "Traceback" not in err
-
-
 def test_wrong_checkpoint_and_wrong_class_count(tmp_path, capsys):
     from cbbench.models.build import build_network
     from cbbench.models.spec import ModelSpec

@@ -86,7 +86,7 @@ def test_missing_and_unsafe_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="weights_only"):
         load_model(tiny_spec(weights="file", checkpoint=str(path)))
     path.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         load_model(tiny_spec(weights="file", checkpoint=str(path)))
 
 
@@ -121,9 +121,8 @@ def test_url_weights_are_downloaded_once_and_verified(tmp_path):
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     with pytest.raises(ValueError, match="sha256"):
         parse_adhoc("timm:deit_tiny_patch16_224@https://example.invalid/w.pth")
-    prefix = parse_adhoc(f"timm:deit_tiny_patch16_224@https://example.invalid/weights/published.pth#sha256={digest[:1]}")
-    with pytest.raises(CheckpointError, match="64 hex digits"):  # a prefix is no checksum (one digit used to pass)
-        load_model(prefix, checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="64 hex digits"):  # a prefix is no checksum (one digit used to pass)
+        parse_adhoc(f"timm:deit_tiny_patch16_224@https://example.invalid/weights/published.pth#sha256={digest[:1]}")
     url = f"https://example.invalid/weights/published.pth#sha256={digest}"
     spec = parse_adhoc(f"timm:deit_tiny_patch16_224@{url}")
     with pytest.raises(FileNotFoundError, match=r"downloads/published\.pth yourself"):

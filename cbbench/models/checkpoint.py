@@ -10,16 +10,32 @@ from torch import nn
 from cbbench.errors import CheckpointError
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def check_file(path: str | Path) -> Path:
+    """Cheap checks of a checkpoint file (exists, not empty, a torch container), before any work is done."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; pass an existing file (timm:ARCH@/path/to/ckpt.pth)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): its download or save was interrupted; "
+                              "save or download it again")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip container, or a legacy pickle
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint (it starts with bytes {head!r}); "
+                              "pass a file written by torch.save(model.state_dict(), path)")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = check_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        first = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}. "
-            "cbbench loads with weights_only=True: save plain state_dicts (torch.save(model.state_dict(), f))."
+            f"cannot read checkpoint {path}: {exc.__class__.__name__}: {first[:160]}. The file is truncated, "
+            "damaged or holds objects other than tensors (cbbench loads with weights_only=True): save plain "
+            "state_dicts, torch.save(model.state_dict(), path)."
         ) from exc
     for key in ("state_dict", "model", "model_state_dict", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

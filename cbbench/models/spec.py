@@ -14,7 +14,7 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SOURCES = ("timm", "file", "url", "train", "random", "robustbench")
+WEIGHT_SOURCES = ("timm", "file", "url", "train", "random", "robustbench", "memory")
 
 # Context Broadcasting variants (cbbench/cb.py applies them). Defaults are the paper's CB.
 CB_POSITIONS = ("mlp", "attn", "both")
@@ -93,7 +93,8 @@ class ModelSpec:
     ``recipe``, cached), "random" (seeded initialisation, for tests), "robustbench" (a
     RobustBench zoo entry ``arch`` for ``checkpoint`` = "<dataset>/<threat model>", from a
     local checkpoint under ``<checkpoint dir>/robustbench/``; such models normalize inside,
-    so mean 0 and std 1 here).
+    so mean 0 and std 1 here), "memory" (a module built in Python and passed to cbbench.evaluate;
+    ``arch`` is its class, the weights digest tells its weights apart).
 
     CB variants (only with ``cb=True``): ``cb_layers`` (None = every block, "first-K",
     "last-K", "first-half", "last-half", or a tuple of block indices), ``cb_position``
@@ -132,6 +133,10 @@ class ModelSpec:
             raise ValueError(f"model {self.name}: weights={self.weights!r} needs a checkpoint path or URL")
         if self.weights == "url" and not self.sha256:
             raise ValueError(f"model {self.name}: weights from a URL need their sha256 (append #sha256=HEX)")
+        if self.sha256 is not None and not (len(self.sha256) == 64
+                                            and all(c in "0123456789abcdef" for c in self.sha256.lower())):
+            raise ValueError(f"model {self.name}: #sha256= needs the full digest, 64 hex digits (got "
+                             f"{len(self.sha256)} characters); copy it from 'sha256sum FILE'")
         if self.weights == "robustbench" and (not self.checkpoint or self.checkpoint.count("/") != 1):
             raise ValueError(f"model {self.name}: robustbench weights need checkpoint='<dataset>/<threat model>', "
                              f"e.g. 'imagenet/Linf', not {self.checkpoint!r}")
