@@ -103,7 +103,7 @@ def measure_pipelines(base, val: Path, n: int, b: int, repeats: int, workers: in
 
     from cbbench.data.folders import load_rgb
     from cbbench.data.imagenet import imagenet_val
-    from cbbench.runner import STREAM_EVERY_S
+    from cbbench.runner import stream_every_s
     from cbbench.store import Store
     from cbbench.tasks.base import TaskContext, run_batches
 
@@ -142,7 +142,7 @@ def measure_pipelines(base, val: Path, n: int, b: int, repeats: int, workers: in
         outcomes["cbbench"] = run_batches(base, TaskContext(
             dataset=ds, batch_size=b, transform=tf, progress=lambda total, desc: Stamps(),
             save_part=lambda part, arrays: store.put_part(key, part, arrays),
-            load_parts=lambda prefix: store.get_parts(key, prefix), stream_every_s=STREAM_EVERY_S))
+            load_parts=lambda prefix: store.get_parts(key, prefix), stream_every_s=stream_every_s()))
 
     def timm_loop():  # timm's validate.py, minus its logging: loader -> model -> top-1/top-5
         dataset = timm.data.create_dataset("", root=str(val), split="validation", is_training=False)
@@ -247,7 +247,7 @@ def measure_outcome_memory(n: int = 1_000_000, b: int = 128) -> tuple[float, flo
     code = f"""
 import tempfile
 import torch
-from cbbench.runner import STREAM_EVERY_S
+from cbbench.runner import stream_every_s
 from cbbench.store import Store
 from cbbench.tasks.base import TaskContext, run_batches
 class Synthetic:
@@ -265,7 +265,7 @@ class Fake(torch.nn.Module):
 torch.set_num_threads(1)
 store = Store(tempfile.mkdtemp())
 def ctx(n, key):
-    return TaskContext(dataset=Synthetic(n), batch_size={b}, stream_every_s=STREAM_EVERY_S,
+    return TaskContext(dataset=Synthetic(n), batch_size={b}, stream_every_s=stream_every_s(),
                        save_part=lambda p, a: store.put_part(key, p, a), load_parts=lambda p: store.get_parts(key, p))
 run_batches(Fake(), ctx(10 * {b}, "warm-up"))
 def status(field):

@@ -300,3 +300,21 @@ def test_bad_arguments(digits32):
         corrupt((digits32 - 0.45) / 0.225, "contrast", 1)
     with pytest.raises(ValueError, match="NaN"):
         corrupt(torch.full((1, 3, 32, 32), float("nan")), "contrast", 1)
+
+
+def test_outputs_do_not_depend_on_the_thread_count_which_follows_the_load(monkeypatch):
+    """engine_threads picks fewer threads under load (speed only): every corruption gives the same bits with 1 or 2."""
+    from cbbench.corruptions import engine
+
+    x = torch.rand(4, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setenv(engine.THREADS_ENV, "1")
+    one = {n: corrupt(x, n, 3, torch.Generator().manual_seed(1), quantize=True) for n in ALL_CORRUPTIONS}
+    monkeypatch.setenv(engine.THREADS_ENV, "2")
+    for n in ALL_CORRUPTIONS:
+        assert torch.equal(one[n], corrupt(x, n, 3, torch.Generator().manual_seed(1), quantize=True)), n
+    monkeypatch.delenv(engine.THREADS_ENV)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
+    for load, threads in ((0.2, 4), (1.0, 4), (2.5, 2), (3.5, 1), (40.0, 1)):
+        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
+        assert engine.engine_threads() == threads, load

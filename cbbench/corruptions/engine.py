@@ -13,6 +13,8 @@ See docs/corruption_engine.md for the measured agreement and the design.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Callable
 
 import numpy as np
@@ -36,7 +38,11 @@ __all__ = [
     "PARAMETERS",
     "SEVERITIES",
     "corrupt",
+    "engine_threads",
 ]
+
+#: Environment variable that fixes the engine's CPU threads (default: chosen from the load, ``engine_threads``).
+THREADS_ENV = "CBBENCH_ENGINE_THREADS"
 
 # name -> (function(x, param, generator), parameters for severities 1..5), exactly
 # as in imagecorruptions/corruptions.py 1.1.2.
@@ -137,8 +143,45 @@ def corrupt(
     x = images.detach()
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
-    with torch.no_grad():
+    threads = engine_threads() if x.device.type == "cpu" else None
+    with torch.no_grad(), _torch_threads(threads):
         out = fn(x, params[severity - 1], generator)
         if quantize:
             out = torch.floor(out.clamp(0, 1) * 255) / 255
     return out.to(dtype=images.dtype)
+
+
+def engine_threads() -> int:
+    """CPU threads for one ``corrupt`` call: torch's, but no more than the cores other work leaves idle.
+
+    The engine runs many small ops, each ending at an OpenMP barrier; a thread that
+    loses its core to another process makes every barrier wait a time slice. On 2
+    shared cores under load ~3, all 19 corruptions took 642 ms per image with 2
+    threads and 95 ms with 1 (issue 20). Idle cores = cores available - the 1-minute
+    load average + 1 (this process's own share of the load). The outputs do not depend on
+    the thread count (tests/test_corruption_engine.py), so this choice changes speed only.
+    ``$CBBENCH_ENGINE_THREADS`` fixes it.
+    """
+    fixed = os.environ.get(THREADS_ENV)
+    if fixed:
+        return max(1, int(fixed))
+    try:
+        cores = len(os.sched_getaffinity(0))
+        idle = cores - os.getloadavg()[0] + 1
+    except (AttributeError, OSError):  # no affinity or load average on this platform
+        return torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), int(idle)))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

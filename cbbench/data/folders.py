@@ -29,9 +29,31 @@ log = logging.getLogger(__name__)
 IMG_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
+#: Environment variable that sets the DataLoader workers of file datasets (default: one per available core).
+WORKERS_ENV = "CBBENCH_NUM_WORKERS"
+
+
 def default_num_workers() -> int:
-    """DataLoader workers when a dataset is not told otherwise: min(4, CPU count)."""
-    return min(4, os.cpu_count() or 1)
+    """DataLoader workers when a dataset is not told otherwise: ``$CBBENCH_NUM_WORKERS``, else one per core
+    this process may run on (``os.sched_getaffinity``: a container's or taskset's share, not the host's count).
+
+    Not capped: a GPU forwards thousands of images per second, and each decoding worker
+    gives it a few hundred (issue 20: 4 workers fed an H200 at 0.11 of its forward).
+    """
+    value = os.environ.get(WORKERS_ENV)
+    if value:
+        try:
+            workers = int(value)
+        except ValueError:
+            workers = -1
+        if workers < 0:
+            raise ValueError(f"{WORKERS_ENV}={value!r}: give a number of DataLoader workers >= 0 (0: decode in "
+                             "the main process)")
+        return workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def is_image_name(name: str) -> bool:
@@ -141,6 +163,8 @@ class ImageFolderDataset:
     class_subset: torch.Tensor | None = None
     num_workers: int = field(default_factory=default_num_workers)
     corrupt: dict[int, str] = field(default_factory=dict)
+    # Files decoded with PIL because the device decoder refused them (``decode_device``): index -> why.
+    decode_fallbacks: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -158,7 +182,8 @@ class ImageFolderDataset:
         return os.path.relpath(self.paths[i], self.root)
 
     def batches(self, batch_size: int, limit: int | None = None, transform=None, pin_memory: bool | None = None,
-                only: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                only: Sequence[int] | None = None, decode_device: torch.device | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(images, labels, sample indices) in the fixed order; corrupt files are skipped and recorded.
 
         ``transform`` maps a PIL RGB image to a [0,1] float tensor; None means
@@ -170,11 +195,22 @@ class ImageFolderDataset:
         others are neither decoded nor yielded: a torchrun rank's share (``range(rank, n_batches,
         world)``), or what ``make-c`` still has to write. ``corrupt`` then holds the finds in
         those batches only (run_batches merges them across ranks).
+        ``decode_device``: workers only read the files; each batch is decoded, resized and
+        cropped on that device (data/device_decode.py; ``--decode gpu``); None: PIL in the workers.
         """
         n = len(self) if limit is None else min(limit, len(self))
         if n == 0:
             return
-        files = _Files(self.paths, self.labels, transform if transform is not None else to_tensor_only())
+        transform = transform if transform is not None else to_tensor_only()
+        decoder = None
+        if decode_device is None:
+            files, collate = _Files(self.paths, self.labels, transform), _collate
+        else:
+            from cbbench.data.device_decode import DeviceDecoder, EncodedFiles, collate_encoded
+
+            decoder = DeviceDecoder(transform, decode_device)
+            files, collate = EncodedFiles(self.paths, self.labels), collate_encoded
+            pin_memory = False  # the decoder reads host bytes; its images are born on the device
         owned = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
         if only is not None:
             owned = [owned[i] for i in only]
@@ -183,10 +219,13 @@ class ImageFolderDataset:
         # Workers pay off from two batches on (decoding overlaps the model); one batch decodes in-process.
         workers = 0 if len(owned) == 1 else max(0, min(self.num_workers, len(owned)))
         loader = torch.utils.data.DataLoader(
-            files, batch_sampler=owned, num_workers=workers, collate_fn=_collate,
+            files, batch_sampler=owned, num_workers=workers, collate_fn=collate,
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         )
-        for x, y, idx, bad in loader:
+        for batch in loader:
+            x, y, idx, bad = batch if decoder is None else decoder(batch)
+            if decoder is not None:
+                self.decode_fallbacks.update(decoder.fallbacks)
             for i, error in bad:
                 if i not in self.corrupt:
                     log.warning("%s: skipping undecodable image %s (%s)", self.name, self.paths[i], error)

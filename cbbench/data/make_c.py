@@ -54,8 +54,20 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def jpeg_roundtrip(x: torch.Tensor) -> torch.Tensor:
-    """Save each image as the published ImageNet-C files were saved, and decode it again."""
+def jpeg_roundtrip(x: torch.Tensor, on_device: bool = False) -> torch.Tensor:
+    """Save each image as the published ImageNet-C files were saved, and decode it again.
+
+    PIL on the host is the reference. ``on_device`` (``--decode gpu``): torchvision's
+    encode_jpeg/decode_jpeg at the same quality on ``x``'s device instead (nvjpeg on a
+    GPU), which saves a copy to the host and a per-image CPU codec; its pixels differ
+    slightly from PIL's (docs/gpu_pipeline.md), so it is part of the cell key.
+    """
+    if on_device:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+        u8 = (x.detach().float() * 255).round().clamp(0, 255).to(torch.uint8)
+        data = [d.cpu() for d in encode_jpeg(list(u8), quality=JPEG_SETTINGS["quality"])]  # decode reads host bytes
+        return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device=x.device)).to(x.dtype) / 255
     from PIL import Image
 
     out = [np.asarray(Image.open(io.BytesIO(jpeg_bytes(im))).convert("RGB")) for im in _to_uint8(x)]

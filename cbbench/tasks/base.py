@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cbbench import distributed
+from cbbench.data.device_decode import fallback_note
 from cbbench.registry import Registry
 from cbbench.tasks.stream import OutcomeStream
 
@@ -53,6 +54,13 @@ class Pipeline:
 
     def describe(self) -> dict:
         return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile}
+
+
+def pipeline_key(pipeline: Pipeline, decode_on_device: bool = False) -> dict | None:
+    """What of the way a cell ran enters its key: None for the defaults (plain fp32 forward, PIL decoding), so
+    those keys stay what they always were; a non-default pipeline, and device decoding where it changes pixels."""
+    key = None if pipeline.is_default else pipeline.describe()
+    return dict(key or {}, decode="gpu") if decode_on_device else key
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,9 @@ class TaskContext:
     stream_every_s: float | None = None
     streams: set[str] = field(default_factory=set)  # stream names used in this cell (must be unique)
     pipeline: Pipeline = Pipeline()
+    # --decode gpu: image files are decoded (and generated ImageNet-C's JPEG round trip runs) with torchvision
+    # on ``device`` instead of PIL on the host (data/device_decode.py). The runner sets it; it enters the cell key.
+    decode_on_device: bool = False
     # What the batch loop had to do differently (an out-of-memory split); shared by replace()d copies,
     # the runner puts it in the cell's provenance.
     pipeline_notes: list[str] = field(default_factory=list)
@@ -127,6 +138,20 @@ class TaskContext:
         if distributed.is_main():
             self.save_part(name, arrays)
         return arrays
+
+    def parts(self, names: list[str], compute: Callable[[list[str]], dict[str, dict[str, np.ndarray]]]
+              ) -> dict[str, dict[str, np.ndarray]]:
+        """``part`` for sub-results computed together in one pass over the data (``run_batches(cells=...)``):
+        the stored ones are read back, the others computed by one ``compute(missing names)`` call and kept."""
+        got = {name: distributed.from_main(self.load_part(name)) for name in names}
+        todo = [name for name in names if got[name] is None]
+        if todo:
+            computed = compute(todo)
+            for name in todo:
+                if distributed.is_main():
+                    self.save_part(name, computed[name])
+                got[name] = computed[name]
+        return got
 
 
 class Task:
@@ -158,8 +183,8 @@ Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | None = None,
                 desc: str = "", class_subset: torch.Tensor | None = None,
-                extras: Callable[[], dict[str, torch.Tensor]] | None = None, stream: bool = True
-                ) -> dict[str, np.ndarray]:
+                extras: Callable[[], dict[str, torch.Tensor]] | None = None, stream: bool = True,
+                cells: dict[str, Perturb | None] | None = None):
     """Evaluate ``model`` on ``ctx.dataset`` (optionally perturbed), keeping per-sample outcomes.
 
     ``class_subset`` (logit indices, e.g. ImageNet-A's 200 classes) restricts the
@@ -169,6 +194,15 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     sample with non-finite logits counts as wrong and is reported by the task).
     ``extras`` is called after each forward pass and returns more per-sample
     tensors (e.g. attention statistics captured by hooks) to keep alongside.
+
+    ``cells`` ({desc: perturb or None}) evaluates several perturbations of the same
+    images in ONE pass: each batch is read (decoded, resized) once and every cell
+    is evaluated on it, which is what keeps a GPU busy when reading costs more than
+    the forward (75 ImageNet-C cells used to decode val 75 times). The result is
+    then {desc: outcomes}, each exactly what ``run_batches(model, ctx, perturb, desc)``
+    returns: cells are independent (their random draws come from the run seed and
+    sample indices), each keeps its own stream of stored outcomes, and a batch
+    already stored for one cell is evaluated only for the others.
 
     The evaluation forward follows ``ctx.pipeline`` (autocast, channels-last,
     torch.compile); the perturbation does not. A forward that runs out of memory
@@ -183,51 +217,79 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     outcomes are gathered and re-ordered by sample index, so the result is the
     same as in one process (no streaming there: only rank 0 writes the store).
     """
+    single = cells is None
+    if single:
+        cells = {desc: perturb}
+    elif perturb is not None or desc:
+        raise TypeError("run_batches: give either perturb/desc or cells, not both")
     rank, world_size = distributed.world()
+    streaming = stream and ctx.stream_every_s is not None and world_size == 1
     # Per batch, small numpy arrays (not tensors): ~31 bytes per sample for the standard outcomes.
-    record = OutcomeStream(ctx, desc, stream and ctx.stream_every_s is not None and world_size == 1)
+    records = {d: OutcomeStream(ctx, d, streaming) for d in cells}
     chunk: int | None = None  # forward size that fitted after an out-of-memory error; None: whole batches
-    bar = ctx.progress(total=ctx.num_samples, desc=desc)
-    if record.resumed_samples:
-        _note(ctx, f"{desc or 'batch loop'}: resumed an interrupted attempt ({record.resumed_samples} samples "
-                   "read back from the store)")
-        bar.update(record.resumed_samples)
+    names = list(cells)
+    bar = ctx.progress(total=ctx.num_samples * len(cells),
+                       desc=names[0] if single else f"{names[0]} .. {names[-1]} ({len(cells)} cells, one pass)")
+    for d, record in records.items():
+        if record.resumed_samples:
+            _note(ctx, f"{d or 'batch loop'}: resumed an interrupted attempt ({record.resumed_samples} samples "
+                       "read back from the store)")
+            bar.update(record.resumed_samples)
+    stored_everywhere = set.intersection(*(r.done for r in records.values()))
     try:
-        for x, y, idx, mine in _batches(ctx, rank, world_size, skip=record.done):
+        for x, y, idx, mine in _batches(ctx, rank, world_size, skip=stored_everywhere):
             if not mine:  # another rank's batch, or one read back from the store
                 if world_size > 1:
-                    bar.update(len(y))
+                    bar.update(len(y) * len(cells))
                 continue
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            if perturb is not None:
-                x = perturb(x, y, idx)
-            if ctx.pipeline.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits, chunk = _forward(model, x, ctx, chunk, extras is None)
-            if class_subset is not None:
-                logits = logits[:, class_subset.to(logits.device)]
-            finite = torch.isfinite(logits).all(dim=1)
-            probs = torch.nan_to_num(logits, nan=-torch.inf).softmax(dim=1)
-            confidence, pred = probs.max(dim=1)
-            correct = (pred == y) & finite
-            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct_top5 = (top5 == y[:, None]).any(dim=1) & finite
-            arrays = {"index": idx, "label": y, "pred": pred, "correct": correct, "correct_top5": correct_top5,
-                      "confidence": torch.nan_to_num(confidence, nan=0.0), "finite": finite,
-                      **(extras() if extras else {})}
-            record.add(int(idx[0]) // ctx.batch_size, {k: _to_numpy(v) for k, v in arrays.items()})
-            bar.update(len(y))
+            batch = int(idx[0]) // ctx.batch_size
+            for d, cell_perturb in cells.items():
+                if batch in records[d].done:  # stored by an earlier attempt for this cell
+                    continue
+                xc = cell_perturb(x, y, idx) if cell_perturb is not None else x
+                if ctx.pipeline.channels_last and xc.ndim == 4:
+                    xc = xc.contiguous(memory_format=torch.channels_last)
+                logits, chunk = _forward(model, xc, ctx, chunk, extras is None)
+                records[d].add(batch, _outcomes(logits, y, idx, class_subset, extras))
+                bar.update(len(y))
     finally:
-        record.write()  # also when the loop raised: the next attempt starts from here
+        for record in records.values():
+            record.write()  # also when the loop raised: the next attempt starts from here
         bar.close()
-    local = record.outcomes() or {k: np.empty(0) for k in ("index", "label", "pred", "correct", "correct_top5",
-                                                             "confidence", "finite")}
-    outcomes = distributed.gather_outcomes(local)
+    for note in fallback_note(ctx.dataset):  # --decode gpu: files decoded with PIL instead
+        _note(ctx, note)
+    results = {}
+    for d, record in records.items():
+        local = record.outcomes() or {k: np.empty(0) for k in ("index", "label", "pred", "correct", "correct_top5",
+                                                                 "confidence", "finite")}
+        results[d] = distributed.gather_outcomes(local)
     if world_size > 1 and isinstance(getattr(ctx.dataset, "corrupt", None), dict):
         ctx.dataset.corrupt.update(distributed.merged(ctx.dataset.corrupt))  # each rank decoded only its files
-    if not len(outcomes["index"]):
-        raise ValueError(f"dataset {ctx.dataset.name} yielded no samples (limit={ctx.limit})")
-    return outcomes
+    if not len(results[names[0]]["index"]):
+        corrupt = getattr(ctx.dataset, "corrupt", None) or {}
+        why = (f"all {len(corrupt)} image file(s) it read were undecodable (e.g. {next(iter(corrupt.values()))}); "
+               "check the files (cbbench datasets check)" if corrupt else "it holds no images; check the folder "
+               "(cbbench datasets check)")
+        raise ValueError(f"dataset {ctx.dataset.name} gave no images to evaluate (limit={ctx.limit}): {why}")
+    return results[desc] if single else results
+
+
+def _outcomes(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, class_subset: torch.Tensor | None,
+              extras: Callable[[], dict[str, torch.Tensor]] | None) -> dict[str, np.ndarray]:
+    """One batch's per-sample outcomes from its float logits, as numpy arrays (the one host sync per batch)."""
+    if class_subset is not None:
+        logits = logits[:, class_subset.to(logits.device)]
+    finite = torch.isfinite(logits).all(dim=1)
+    probs = torch.nan_to_num(logits, nan=-torch.inf).softmax(dim=1)
+    confidence, pred = probs.max(dim=1)
+    correct = (pred == y) & finite
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    correct_top5 = (top5 == y[:, None]).any(dim=1) & finite
+    arrays = {"index": idx, "label": y, "pred": pred, "correct": correct, "correct_top5": correct_top5,
+              "confidence": torch.nan_to_num(confidence, nan=0.0), "finite": finite,
+              **(extras() if extras else {})}
+    return {k: _to_numpy(v) for k, v in arrays.items()}
 
 
 def _to_numpy(value: torch.Tensor) -> np.ndarray:
@@ -239,13 +301,16 @@ def _batches(ctx: TaskContext, rank: int, world_size: int, skip: set[int]):
     """(x, y, idx, whether to evaluate it) for the dataset's batches: round robin across ranks, less
     the batch numbers in ``skip`` (already stored). A batch's number is its first sample index // batch size.
 
-    Datasets read from files decode only the batches to evaluate (``only``) and pin memory only
-    when evaluating on CUDA; in-memory datasets yield every batch and the others are passed over.
+    Datasets read from files decode only the batches to evaluate (``only``), pin memory only
+    when evaluating on CUDA and decode on the device when ``ctx.decode_on_device``; in-memory
+    datasets yield every batch and the others are passed over.
     """
     kwargs = {"transform": ctx.transform}
     params = inspect.signature(ctx.dataset.batches).parameters
     if "pin_memory" in params:
         kwargs["pin_memory"] = pin_memory_for(ctx.device)
+    if ctx.decode_on_device and "decode_device" in params:
+        kwargs["decode_device"] = torch.device(ctx.device)
     mine = [b for b in range(rank, math.ceil(ctx.num_samples / ctx.batch_size), world_size) if b not in skip]
     if "only" in params and (world_size > 1 or skip):
         for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, only=mine, **kwargs):

@@ -33,8 +33,8 @@ import numpy as np
 
 from cbbench.corruptions.reference import BENCHMARK_CORRUPTIONS
 from cbbench.metrics import expected_calibration_error, rms_calibration_error
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, run_batches
-from cbbench.tasks.corruptions import _corrupted, check_engine, engine_seeds_per_batch
+from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult
+from cbbench.tasks.corruptions import check_engine, corruption_cells, engine_seeds_per_batch
 
 ECE_BINS = 15
 RMS_BIN_SIZE = 100
@@ -93,7 +93,9 @@ class CalibrationTask(Task):
                 f"({self.engine}, uint8); 'corrupted' pools all shifted predictions")
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
-        clean = ctx.part("clean", lambda: run_batches(model, ctx, desc="calibration clean"))
+        parts = ctx.parts(["clean", *(f"{c}/{s}" for c in self.corruptions for s in self.severities)],
+                          lambda todo: corruption_cells(model, ctx, todo, self.engine, prefix="calibration "))
+        clean = parts["clean"]
         metrics = calibration_metrics(clean, "clean")
         samples = {k: clean[k] for k in ("correct", "confidence", "pred", "label")}
         samples["ece_contribution"] = ece_contributions(clean["confidence"], clean["correct"])
@@ -101,10 +103,7 @@ class CalibrationTask(Task):
         pooled_conf, pooled_correct = [], []
         for c in self.corruptions:
             for s in self.severities:
-                def perturb(x, y, idx, c=c, s=s):
-                    return _corrupted(ctx.dataset.name, x, idx, c, s, ctx.seed, self.engine)
-
-                out = ctx.part(f"{c}/{s}", lambda: run_batches(model, ctx, perturb, desc=f"calibration {c} s{s}"))
+                out = parts[f"{c}/{s}"]
                 metrics.update(calibration_metrics(out, f"{c}/{s}"))
                 for key in ("correct", "confidence", "pred"):
                     samples[f"{c}.{s}.{key}"] = out[key]

@@ -6,7 +6,9 @@ same inputs are produced whatever the batch size), or cbbench's batched torch
 engine (cbbench.corruptions.engine, faithful to the reference in value or in
 distribution, seeded by (seed, first index of the batch)). Corrupted batches are
 kept in a bounded in-memory cache, so the CB twin is evaluated on exactly the
-images its baseline saw without corrupting them twice.
+images its baseline saw without corrupting them twice. All cells are evaluated in
+one pass over the data (``corruption_cells``): each batch is read once for the 75
+cells, with the numbers of a cell-by-cell loop (tests/test_one_pass.py).
 """
 from __future__ import annotations
 
@@ -58,15 +60,37 @@ def corrupt_batch(x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, 
 
 def _corrupted(dataset: str, x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int,
                engine: str = ENGINES[0]) -> torch.Tensor:
-    """``corrupt_batch`` through a bounded cache: a CB twin sees exactly its baseline's images, corrupted once."""
+    """``corrupt_batch`` through a bounded cache: a CB twin sees exactly its baseline's images, corrupted once.
+
+    The cache stays on the images' device (uint8, at most CACHE_BYTES): on a GPU, no copy to the host and back
+    (and no wait for it) per batch and cell.
+    """
     key = (dataset, engine, name, severity, seed, tuple(idx.tolist()))
     if key not in _cache:
         out = corrupt_batch(x, idx, name, severity, seed, engine)
-        _cache[key] = (out * 255).round().to(torch.uint8).cpu()
+        _cache[key] = (out * 255).round().to(torch.uint8)
         while sum(t.numel() for t in _cache.values()) > CACHE_BYTES:
             _cache.popitem(last=False)
     _cache.move_to_end(key)
     return _cache[key].to(x.device, torch.float32) / 255
+
+
+def corruption_cells(model, ctx: TaskContext, names: list[str], engine: str, prefix: str = ""
+                     ) -> dict[str, dict[str, np.ndarray]]:
+    """{"<c>/<s>": outcomes} for cells named "<corruption>/<severity>" (or "clean"), in one pass over the data.
+
+    Each cell's outcomes (and its stream of stored batches, named "<prefix><c> s<s>") are those of
+    a run_batches call of its own: the corruption of a batch depends only on (seed, sample indices).
+    """
+    def perturb(c: str, s: int):
+        return lambda x, y, idx: _corrupted(ctx.dataset.name, x, idx, c, s, ctx.seed, engine)
+
+    descs = {}
+    for name in names:
+        c, _, s = name.partition("/")
+        descs[name] = (f"{prefix}clean", None) if name == "clean" else (f"{prefix}{c} s{s}", perturb(c, int(s)))
+    out = run_batches(model, ctx, cells=dict(descs.values()))
+    return {name: out[desc] for name, (desc, _) in descs.items()}
 
 
 @dataclass(frozen=True)
@@ -104,13 +128,12 @@ class CorruptionTask(Task):
         samples: dict[str, np.ndarray] = {}
         metrics: dict[str, float] = {}
         cell_acc = []
+        parts = ctx.parts([f"{c}/{s}" for c in self.corruptions for s in self.severities],
+                          lambda todo: corruption_cells(model, ctx, todo, self.engine))
         for c in self.corruptions:
             per_severity = []
             for s in self.severities:
-                def perturb(x, y, idx, c=c, s=s):
-                    return _corrupted(ctx.dataset.name, x, idx, c, s, ctx.seed, self.engine)
-
-                out = ctx.part(f"{c}/{s}", lambda: run_batches(model, ctx, perturb, desc=f"{c} s{s}"))
+                out = parts[f"{c}/{s}"]
                 for key in ("correct", "pred", "confidence"):
                     samples[f"{c}.{s}.{key}"] = out[key]
                 acc = float(out["correct"].mean())

@@ -7,6 +7,9 @@ epsilon to report success), draws its random start from torch's global RNG and
 fills the weights' ``.grad``. cbbench.attacks.linf's ``fgsm``/``pgd`` keep the
 gradient-masking check, input-only gradients and a seeded start, and every
 point of the curve is then evaluated by ``run_batches`` like any other attack.
+The clean images and every budget are evaluated in one pass over the data
+(``run_batches(cells=...)``): each batch is read once, each budget's outcomes are
+those of its own loop (its random starts are seeded per batch).
 
 Conventions:
 
@@ -120,7 +123,17 @@ class EpsilonSweepTask(Task):
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         notes: list[str] = []
-        clean = run_batches(model, ctx, desc=f"{self.name} clean")
+        clean_desc = f"{self.name} clean"
+        passes: dict[str, dict] = {}
+
+        def one_pass(todo: list[str]) -> dict[str, dict]:
+            """The clean images and every missing budget, in one pass over the data (each batch read once)."""
+            cells = {clean_desc: None, **{f"{self.name} {n}": self.perturb(model, ctx, n[len("eps="):]) for n in todo}}
+            passes.update(run_batches(model, ctx, cells=cells))
+            return {n: passes[f"{self.name} {n}"] for n in todo}
+
+        raws = ctx.parts([f"eps={eps}" for eps in self.epsilons], one_pass)
+        clean = passes[clean_desc] if clean_desc in passes else run_batches(model, ctx, desc=clean_desc)
         clean_correct = clean["correct"].astype(bool)
         samples: dict[str, np.ndarray] = {"clean_correct": clean_correct, "clean_pred": clean["pred"]}
         metrics: dict[str, float] = {"clean_accuracy": float(clean_correct.mean()),
@@ -129,8 +142,7 @@ class EpsilonSweepTask(Task):
         nonmonotone = np.zeros_like(worst)
         curve = []
         for eps in self.epsilons:
-            raw = ctx.part(f"eps={eps}", lambda eps=eps: run_batches(
-                model, ctx, self.perturb(model, ctx, eps), desc=f"{self.name} eps={eps}"))
+            raw = raws[f"eps={eps}"]
             raw_correct = raw["correct"].astype(bool)
             if validate_epsilon(eps) == 0:
                 self._check_eps0(raw_correct, clean_correct, notes)

@@ -17,6 +17,7 @@ import numpy as np
 
 from cbbench.data import imagenet as data  # importing it registers the ImageNet datasets
 from cbbench.data.base import load_dataset
+from cbbench.data.device_decode import fallback_note
 from cbbench.data.folders import ImageFolderDataset, to_tensor_only
 from cbbench.errors import DatasetMissingError
 from cbbench.metrics import (
@@ -103,6 +104,7 @@ class ImageFolderTask(Task):
         metrics["images"] = float(len(out["index"]))
         metrics["corrupt_files_skipped"] = float(len(skipped))
         notes = corrupt_note(ds.name, [ds.paths[i] for i in skipped], [ds.corrupt[i] for i in skipped])
+        notes += fallback_note(ds)  # --decode gpu: files the device decoder refused
         return TaskResult(metrics, out, notes)
 
 
@@ -215,6 +217,7 @@ class ImageNetCTask(Task):
     name = "imagenet_c"
     version = 1
     own_dataset = True
+    one_pass: ClassVar[bool] = False  # whether all cells are evaluated in one pass over the same images
     headline = Metric("mean_accuracy", "IN-C acc. (mean 15x5)", True)
     protocol = (
         "Precomputed ImageNet-C JPEGs (Hendrycks & Dietterich 2019), evaluated as stored: 224x224, ToTensor only, "
@@ -228,7 +231,7 @@ class ImageNetCTask(Task):
     )
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
-        cell, holdout, notes = self._cells(model, ctx)
+        cells, holdout, notes = self._cells(model, ctx)
         eval_tf = model_transform(ctx)
 
         def clean():
@@ -237,13 +240,19 @@ class ImageNetCTask(Task):
 
         parts = {"clean": ctx.part("clean", clean)}
         evaluated = [*self.corruptions, *holdout]
-        for c in evaluated:
-            for s in self.severities:
-                parts[(c, s)] = ctx.part(f"{c}/{s}", lambda c=c, s=s: cell(c, s))
+        names = {f"{c}/{s}": (c, s) for c in evaluated for s in self.severities}
+        # Precomputed cells are separate files: one pass (and one stored part) per cell. Generated cells
+        # are made from the same val images: one pass for all of them.
+        groups = [list(names)] if self.one_pass else [[name] for name in names]
+        for group in groups:
+            got = ctx.parts(group, lambda todo: cells([names[n] for n in todo]))
+            parts.update({names[n]: arrays for n, arrays in got.items()})
         return self._aggregate(parts, evaluated, notes)
 
-    def _cells(self, model, ctx: TaskContext) -> tuple[Callable[[str, int], dict], list[str], list[str]]:
-        """(cell(corruption, severity) -> slim outcomes, held-out corruptions to evaluate, notes).
+    def _cells(self, model, ctx: TaskContext
+               ) -> tuple[Callable[[list[tuple[str, int]]], dict[str, dict]], list[str], list[str]]:
+        """(cells([(corruption, severity), ...]) -> {"<c>/<s>": slim outcomes}, held-out corruptions to
+        evaluate, notes).
 
         The one place where precomputed and generated ImageNet-C differ: here, the
         stored JPEG cells of the tree, evaluated as stored.
@@ -271,7 +280,7 @@ class ImageNetCTask(Task):
                 ds.num_workers = ctx.num_workers
             return _slim(_evaluate(model, ctx, ds, no_resize, f"{c} s{s}")[0], ds, ctx.limit)
 
-        return cell, holdout, notes
+        return (lambda todo: {f"{c}/{s}": cell(c, s) for c, s in todo}), holdout, notes
 
     def _aggregate(self, parts: dict, evaluated: list[str], notes: list[str]) -> TaskResult:
         metrics: dict[str, float] = {}

@@ -14,6 +14,11 @@ image at a time; slow at 224). Numbers follow the precomputed set's protocol
 but are not bit-identical to it: the random draws differ, and the engines follow
 the reference in value or in distribution (docs/corruption_engine.md). The report labels these tasks
 "generated"; the precomputed task is ``imagenet_c``.
+
+All cells are made from the same val batches, so they are evaluated in one pass: each batch
+is decoded and cropped once for the 75 (or 95) cells, with the numbers of a cell-by-cell loop.
+With ``--decode gpu`` the JPEG round trip runs with torchvision on the device
+(docs/gpu_pipeline.md); otherwise PIL on the host, the reference.
 """
 from __future__ import annotations
 
@@ -55,19 +60,25 @@ class GeneratedImageNetCTask(ImageNetCTask):
                 f"truncated to uint8, saved and reloaded as JPEG quality 85 (as the published files), no further resize; seeds from (run seed, image index). "
                 f"error/{precomputed}")
 
+    one_pass = True  # every cell is made from the same val images: each batch is read once for all of them
+
     def _cells(self, model, ctx: TaskContext):
         val = resolve_dataset(ctx, "imagenet_val")
         sub = replace(ctx, dataset=val, transform=imagenet_c_crop())
+        on_device = ctx.decode_on_device  # --decode gpu: the JPEG round trip runs with torchvision on the device
 
-        def cell(c: str, s: int):
-            def perturb(x, y, idx):
-                return jpeg_roundtrip(_corrupted(val.name, x, idx, c, s, ctx.seed, self.engine))
+        def perturb(c: str, s: int):
+            return lambda x, y, idx: jpeg_roundtrip(_corrupted(val.name, x, idx, c, s, ctx.seed, self.engine),
+                                                    on_device=on_device)
 
-            out = run_batches(model, sub, perturb, desc=f"{c} s{s} (generated)", class_subset=val.class_subset)
-            return _slim(out, val, ctx.limit)
+        def cells(todo):
+            descs = {f"{c}/{s}": f"{c} s{s} (generated)" for c, s in todo}
+            out = run_batches(model, sub, class_subset=val.class_subset,
+                              cells={descs[f"{c}/{s}"]: perturb(c, s) for c, s in todo})
+            return {name: _slim(out[desc], val, ctx.limit) for name, desc in descs.items()}
 
         notes = [f"ImageNet-C generated from ImageNet val with {self.engine} (not the published JPEG files)"]
-        return cell, list(self.holdout), notes
+        return cells, list(self.holdout), notes
 
 
 for _task in (GeneratedImageNetCTask(),
