@@ -136,3 +136,43 @@ def test_two_unpaired_baselines_and_missing_metrics(tmp_path):
     styles = plots._styles(cells)
     assert styles["vit_a"].colour != styles["vit_b"].colour
     assert_png(plots.plot_corruption_severity(cells, tmp_path / "c.png"))
+
+
+PAPER_MODELS = tuple((f"demo_vit{size}{cb}{seed}", {"arch": f"demo{size}", "cb": bool(cb), "seed": seed or 0,
+                                                   **({"baseline": f"demo_vit{size}{seed}"} if cb else {})})
+                     for size in ("", "_small") for cb in ("", "_cb") for seed in ("", "_s1", "_s2"))
+
+
+PAIR = (("demo_vit", BASE), ("demo_vit_cb", CB))
+
+
+@pytest.mark.parametrize("models, sweep", [(PAIR, False), (PAPER_MODELS, False), (PAIR, True), (PAPER_MODELS, True)],
+                         ids=["pair", "paper-12-models", "pair-sweep", "paper-12-models-sweep"])
+def test_legends_never_cover_or_clip_data(tmp_path, monkeypatch, models, sweep):
+    """Every legend lies inside the figure (not clipped) and outside every axes' data area (covers nothing)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    checked, save = [], plots._save
+
+    def check_then_save(fig, path):
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)  # runs the constrained layout, as savefig does
+        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert legends, f"{Path(path).name}: no legend"
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            fig_box = fig.bbox
+            assert (box.x0 >= fig_box.x0 - 1 and box.y0 >= fig_box.y0 - 1 and box.x1 <= fig_box.x1 + 1
+                    and box.y1 <= fig_box.y1 + 1), f"{Path(path).name}: legend {box} clipped by the figure {fig_box}"
+            for ax in fig.axes:
+                if ax.get_visible():
+                    assert not box.overlaps(ax.bbox), f"{Path(path).name}: legend {box} covers the axes {ax.bbox}"
+        checked.append(Path(path).name)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", check_then_save)
+    cells = fake_cells(sweep=sweep, models=models)
+    paired = [{**r, "comparison": f"{m} − {b}"} for m, b in (("demo_vit_cb", "demo_vit"), ("demo_vit_cb_s1", "demo_vit_s1"))
+              for r in fake_paired()]
+    plots.make_plots(cells, paired, tmp_path, "x")
+    assert checked == ["x_corruptions.png", "x_adversarial.png", "x_attention.png", "x_deltas.png"]

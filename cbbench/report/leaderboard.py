@@ -17,6 +17,7 @@ from tabulate import tabulate
 
 from cbbench.metrics import cell_nonfinite, mcnemar_exact, paired_bootstrap_ci, seed_summary
 from cbbench.report.pairing import pair_of
+from cbbench.report.files import write_atomic, write_text
 from cbbench.store import Cell, Store
 from cbbench.tasks import TASKS
 
@@ -24,7 +25,48 @@ DIGITS_NOTE = ("Digits are white strokes on black: fog, frost, snow, brightness 
                "so accuracy near chance (10%) at high severity there is expected, not a bug.")
 
 
+# What `cbbench run` and `cbbench report` write per suite; html is one self-contained page (plots inline).
+REPORT_FORMATS = ("md", "csv", "json", "html")
 PAIRED_COLUMNS = ("comparison", "task", "metric", "n", "Δ [95% CI]", "CB fixes / breaks", "McNemar p")
+
+
+class Table(list):
+    """Rows (dicts) that print as a GitHub markdown table. Keys starting with "_" are left out of the markdown:
+    ``_tones`` (column -> better / worse / inconclusive) lets the HTML page colour Δ cells without re-deriving them."""
+
+    def __str__(self) -> str:
+        return tabulate([{k: v for k, v in r.items() if not k.startswith("_")} for r in self],
+                        headers="keys", tablefmt="github", disable_numparse=True)
+
+
+def tone(low: float, high: float, higher_is_better: bool | None) -> str:
+    """How a Δ interval reads: better / worse only when all of it lies on one side of 0 and the metric has a
+    better direction, else inconclusive (the same rule as the plots' colours)."""
+    if higher_is_better is None or not (low > 0 or high < 0):
+        return "inconclusive"
+    return "better" if (low > 0) == higher_is_better else "worse"
+
+
+@dataclass
+class SuiteReport:
+    """A rendered suite. ``blocks`` are the markdown's lines, with tables kept as Table objects so that the
+    HTML page is built from the same content; figure links in them are relative to ``figure_root``. It
+    unpacks as (markdown, summary, paired, judged), what render_suite has always returned."""
+    suite: str
+    blocks: list
+    summary: pd.DataFrame
+    paired: list[dict]
+    judged: list
+    cells: dict
+    figure_root: Path | None = None
+    run_id: int | None = None  # the run shown
+
+    @property
+    def markdown(self) -> str:
+        return "\n".join(map(str, self.blocks))
+
+    def __iter__(self):
+        return iter((self.markdown, self.summary, self.paired, self.judged))
 
 
 @dataclass
@@ -86,6 +128,7 @@ def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: di
             delta, low, high = paired_bootstrap_ci(xa, xb, n_boot=2000, seed=0)
             row["Δ [95% CI]"] = col.fmt_delta(delta, low, high)
             row["_delta"], row["_low"], row["_high"] = delta, low, high
+            row["_tones"] = {"Δ [95% CI]": tone(low, high, col.higher_is_better)}
             if xa.dtype == bool:
                 n01, n10, p = mcnemar_exact(xa, xb)
                 row["CB fixes / breaks"] = f"{n01} / {n10}"
@@ -141,6 +184,7 @@ def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], pair
                     continue
                 mean, _, low, high = t_interval(finite)
                 drow[col.header] = f"{col.fmt_delta(mean, low, high)} (n={len(finite)})"
+                drow.setdefault("_tones", {})[col.header] = tone(low, high, col.higher_is_better)
             rows.append(drow)
     return rows
 
@@ -156,28 +200,51 @@ def _mean_std(col: Column, values: list, signed: bool = False) -> str:
     return f"{scale * mean:{sign}.{digits}f}{spread} (n={n})"
 
 
-def _latest(store: Store, suite: str):
-    latest = store.latest_run(suite)
-    if latest is None:
-        return None
-    run_id, config = latest
-    cells = {}
-    for c in store.run_cells(run_id):
-        cells[(c.model, c.task)] = c
-    return run_id, config, cells
+def _pick_run(store: Store, suite: str, run_id: int | None = None):
+    """(run id, its config, its cells by (model, task), notes on newer runs not shown), or None if never run.
+
+    Default: the latest run with numbers to show, each failed cell filled in with the latest finished cell of
+    the same model and task from an earlier run on the same images. ``run_id``: exactly that run."""
+    if run_id is None:
+        latest = store.latest_run(suite)
+        if latest is None:
+            return None
+        run_id, config = latest
+    else:
+        run = store.run(run_id)
+        if run is None or run.suite != suite:
+            raise ValueError(f"run {run_id} is not a run of suite {suite!r}; 'cbbench runs' lists the runs")
+        config = run.config
+    cells = {(c.model, c.task): c for c in store.run_cells(run_id, fill_in=run_id == (store.latest_run(suite)
+                                                                                        or (None,))[0])}
+    newer = [r for r in store.runs(suite) if r.run_id > run_id and r.finished is not None and r.failed]
+    notes = [f"Run {r.run_id} ({_date(r.started)}) is newer but not shown: none of its {sum(r.counts.values())} "
+             f"cells finished ({_counts(r.counts)}); its reasons: 'cbbench runs --suite {suite}', "
+             f"'cbbench report --run {r.run_id}'." for r in newer]
+    return run_id, config, cells, notes
 
 
-def render_suite(store: Store, suite: str, plot_dir: Path | None = None
-                 ) -> tuple[str, pd.DataFrame, list[dict]] | None:
-    """(markdown, summary table, paired comparisons) of the suite's latest run, or None if never run.
+def _date(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
+                 run_id: int | None = None) -> SuiteReport | None:
+    """The suite's latest run (unpacks as markdown, summary table, paired comparisons, verdicts), or None if never run.
 
     With ``plot_dir`` (a sub-folder of the results directory), figures are drawn
     there and embedded with links relative to the results directory.
     """
-    latest = _latest(store, suite)
-    if latest is None:
+    picked = _pick_run(store, suite, run_id)
+    if picked is None:
         return None
-    run_id, config, cells = latest
+    run_id, config, cells, run_notes = picked
     models = list(dict.fromkeys(m for m, _ in cells))
     tasks = list(dict.fromkeys(t for _, t in cells))
     specs = {m: next(c.model_spec for (mm, _), c in cells.items() if mm == m) for m in models}
@@ -219,6 +286,8 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
                 r = delta_by.get((f"{m} − {base}", col.task))
                 withheld = any(cell_nonfinite(cells.get((x, col.task))) for x in (base, m))
                 drow[col.header] = "withheld: non-finite outputs" if withheld else r["Δ [95% CI]"] if r else "–"
+                if r and not withheld:
+                    drow.setdefault("_tones", {})[col.header] = r["_tones"]["Δ [95% CI]"]
             table.append(drow)
     summary = pd.DataFrame(records)
 
@@ -231,6 +300,7 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
              f"Dataset: `{dataset}` · run {run_id} · limit: {config.get('limit') or 'all images'} · "
              f"seed: {config.get('seed')}. Accuracies in %. ↑ higher is better; columns without an arrow "
              "have no better direction.", ""]
+    lines += [f"> {note}" for note in run_notes] + ([""] if run_notes else [])
     lines += _verdict_section(judged, seeded)
     seeds = seed_rows(cells, ordered, specs, columns, paired) if seeded else []
     if seeds:
@@ -238,21 +308,20 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
                   "Each arm: mean ± sample standard deviation over its training seeds. Δ: the mean of the per-seed "
                   "paired differences (CB seed k − baseline seed k on the same images) with a 95% Student-t interval "
                   "across seeds, the interval the verdicts use.", "",
-                  tabulate(seeds, headers="keys", tablefmt="github", disable_numparse=True), ""]
+                  Table(seeds), ""]
     within = ("Δ rows: CB minus its baseline on the same images, 95% paired bootstrap interval (2,000 resamples "
               "of the images). Such an interval covers the sampling of test images within one training-seed "
               "pair only, not training randomness: another seed, or the same seed trained on another CPU, can "
               "move the difference by more than its width.")
     lines += ["## Per training seed" if seeds else "## Leaderboard", "", within, "",
-              tabulate(table, headers="keys", tablefmt="github", disable_numparse=True), ""]
+              Table(table), ""]
     if paired:
         lines += ["## CB vs baseline within one seed pair, paired over images", "",
                   "\"CB fixes / breaks\": images the baseline gets wrong and CB right / the reverse; "
                   "McNemar's exact test on those discordant images. n/a where the per-image outcome is not "
                   "right/wrong (corruption accuracy averaged over cells, attention entropy). Like the bootstrap "
                   "intervals, these tests treat the two trained models as fixed.", "",
-                  tabulate([{k: r[k] for k in PAIRED_COLUMNS} for r in paired],
-                           headers="keys", tablefmt="github", disable_numparse=True), ""]
+                  Table([{k: r[k] for k in (*PAIRED_COLUMNS, "_tones")} for r in paired]), ""]
     if plot_dir is not None:
         from cbbench.report.plots import make_plots
 
@@ -265,16 +334,22 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None
         lines += ["## The paper's claims: the numbers behind the verdicts", "",
                   "Per-seed paired differences (CB seed k − baseline seed k), their mean ± sample std and the 95% "
                   "Student-t interval across seeds.", "",
-                  tabulate(table_rows(judged), headers="keys", tablefmt="github", disable_numparse=True), ""]
+                  Table(table_rows(judged)), ""]
     lines += _details(cells, ordered, tasks)
     lines += _protocols(tasks, cells)
-    problems = [(m, t, c) for (m, t), c in cells.items() if c.status != "ok"]
+    skipped = skipped_files(cells)
+    if skipped:
+        lines += ["## Files skipped", "", "Image files that could not be decoded; they are left out of every number "
+                  "of the task (the count and the first paths):", ""]
+        lines += [f"- `{s['task']}`: {s['note']}" for s in skipped] + [""]
+    problems = [(m, t, c) for (m, t), c in cells.items() if c.status != "ok" or c.note]
     if problems:
         lines += ["## Skipped or failed", ""]
-        lines += [f"- `{t}` on `{m}`: **{c.status}**: {c.reason}" for m, t, c in problems]
+        lines += [f"- `{t}` on `{m}`: " + (f"**{c.status}**: {c.reason}" if c.status != "ok" else c.note)
+                  for m, t, c in problems]
         lines.append("")
     lines += _provenance(cells, config, ordered)
-    return "\n".join(lines), summary, paired, judged
+    return SuiteReport(suite, lines, summary, paired, judged, cells, plot_dir.parent if plot_dir else None, run_id)
 
 
 def _verdict_section(judged, seeded: bool) -> list[str]:
@@ -322,9 +397,11 @@ def _details(cells, models, tasks) -> list[str]:
         lines += [f"## `{task}`: top-1 (%) {what} ↑", "",
                   f"Generated on the fly from the test images with {params.get('engine')} "
                   "(not a precomputed -C set).", "",
-                  tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+                  Table(rows), ""]
         if ok[0][1].dataset == "digits":
             lines += [DIGITS_NOTE, ""]
+            note = _pixelate_note(ok, params)
+            lines += [note, ""] if note else []
     attacks = [t for t in tasks if t in TASKS and getattr(TASKS.get(t), "attack", None)]
     if attacks:
         rows = []
@@ -337,7 +414,9 @@ def _details(cells, models, tasks) -> list[str]:
                                  "attack success on clean-correct ↓": f"{100 * c.metrics['attack_success_rate']:.1f}"})
         if rows:
             lines += ["## Adversarial: accuracy (%)", "",
-                      tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+                      Table(rows), ""]
+            note = _attack_note(cells, models, attacks)
+            lines += [note, ""] if note else []
     if "cost" in tasks:
         rows = []
         for m in models:
@@ -353,7 +432,7 @@ def _details(cells, models, tasks) -> list[str]:
             lines += ["## Cost: parameters and inference throughput", "",
                       "Each model is timed alternately with its pair on the same batch; on a busy machine the two "
                       "ratios of a pair need not be reciprocal: read the spread as noise.", "",
-                      tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+                      Table(rows), ""]
     if "attention_entropy" in tasks:
         ok = [(m, cells[(m, "attention_entropy")]) for m in models if (m, "attention_entropy") in cells
               and cells[(m, "attention_entropy")].status == "ok"]
@@ -364,8 +443,53 @@ def _details(cells, models, tasks) -> list[str]:
             rows.append({"layer": "attn. on class token", **{m: f"{c.metrics['mean_cls_attention']:.3f}" for m, c in ok}})
             lines += ["## Attention density: mean normalized entropy H/log N per layer", "",
                       "1 = uniform attention, 0 = one-hot. The paper claims CB lowers it.", "",
-                      tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+                      Table(rows), ""]
     return lines
+
+
+def _pixelate_note(ok, params) -> str | None:
+    """Readers take a rise in accuracy with severity for a bug: say, from the data, why pixelate does that on digits."""
+    severities = list(params.get("severities", ()))
+    if "pixelate" not in params.get("corruptions", ()) or len(severities) < 2:
+        return None
+    from cbbench.corruptions.engine import PARAMETERS
+    from cbbench.data.digits import IMAGE_SIZE
+
+    for model, cell in ok:
+        acc = [cell.metrics.get(f"accuracy/pixelate/{s}") for s in severities]
+        if None in acc or not any(b - a > 0.05 for a, b in zip(acc, acc[1:])):  # rises > 5 pp with severity
+            continue
+        grids = [str(int(IMAGE_SIZE * PARAMETERS["pixelate"][1][s - 1])) for s in severities]
+        return (f"pixelate is not monotone in severity on digits ({model}: "
+                f"{', '.join(f'{100 * a:.1f}' for a in acc)} % at severities {', '.join(map(str, severities))}): "
+                f"it box-averages the {IMAGE_SIZE}x{IMAGE_SIZE} image to a grid of {', '.join(grids)} pixels and "
+                f"blows it back up, and on 8x8 digits upscaled {IMAGE_SIZE // 8}x how much of a stroke survives depends on how that "
+                "grid falls on the original pixels more than on how coarse it is.")
+    return None
+
+
+def _attack_note(cells, models, attacks) -> str | None:
+    """On digits attacks at one small ε give near-identical columns; say, from the data, by how much and why."""
+    by_eps: dict[str, list[str]] = {}
+    for t in attacks:
+        params = next((cells[(m, t)].task_params for m in models if (m, t) in cells), {})
+        if next(iter(cells.values())).dataset == "digits" and params.get("attack") in ("fgsm", "pgd"):
+            by_eps.setdefault(str(params.get("headline_eps", params.get("eps"))), []).append(t)
+    for eps, same in by_eps.items():
+        spreads = []
+        for m in models:
+            acc = [cells[(m, t)].metrics.get("accuracy") for t in same if (m, t) in cells
+                   and cells[(m, t)].status == "ok"]
+            if len(acc) == len(same) and None not in acc:
+                spreads.append(max(acc) - min(acc))
+        if len(same) < 2 or not spreads or max(spreads) > 0.02:  # only columns that look alike need the note
+            continue
+        return (f"At ε = {eps}, {', '.join(same)} differ by at most {100 * max(spreads):.1f} pp per model "
+                f"(identical for {sum(s == 0 for s in spreads)} of {len(spreads)}): a budget that small keeps each "
+                "model in its locally linear regime, so FGSM's single signed-gradient step already reaches the corner "
+                "of the ε-ball that the iterative attacks converge to, and the only images any of them breaks are "
+                "the few within about ε of the decision boundary.")
+    return None
 
 
 def _protocols(tasks, cells) -> list[str]:
@@ -373,7 +497,8 @@ def _protocols(tasks, cells) -> list[str]:
     for t in tasks:
         cell = next((c for (m, tt), c in cells.items() if tt == t), None)
         version = cell.task_version if cell else "?"
-        protocol = (TASKS.get(t).protocol if t in TASKS else "unknown task")
+        protocol = ((cell.provenance or {}).get("protocol") if cell else None) or (  # the cell's own: a suite
+            TASKS.get(t).protocol if t in TASKS else "unknown task")                # file may set its parameters
         lines.append(f"- `{t}` v{version}: {protocol}")
     return lines + [""]
 
@@ -427,30 +552,47 @@ def _pipeline_lines(ok) -> list[str]:
 
 
 def write_reports(results_dir: str | Path, suites: list[str] | None = None,
-                  formats: tuple[str, ...] = ("md", "csv", "json")) -> list[Path]:
-    """Render the latest run of each suite into ``results_dir``; returns the files written."""
+                  formats: tuple[str, ...] = REPORT_FORMATS, run_id: int | None = None) -> list[Path]:
+    """Render the latest run of each suite (or run ``run_id``) into ``results_dir``; returns the files written.
+    Each file is written whole (temporary file, then rename): a failure leaves the previous report."""
     results_dir = Path(results_dir)
     written = []
     with Store(results_dir) as store:
         for suite in suites or store.suites():
-            rendered = render_suite(store, suite, results_dir / "plots" if "md" in formats else None)
+            rendered = render_suite(store, suite, results_dir / "plots" if "md" in formats else None, run_id)
             if rendered is None:
                 continue
             markdown, summary, paired, judged = rendered
             if "md" in formats:
-                written.append(results_dir / f"{suite}.md")
-                written[-1].write_text(markdown)
+                written.append(write_text(results_dir / f"{suite}.md", markdown))
             if "csv" in formats:
-                written.append(results_dir / f"{suite}.csv")
-                summary.to_csv(written[-1], index=False)
+                written.append(write_atomic(results_dir / f"{suite}.csv", lambda tmp: summary.to_csv(tmp, index=False)))
             if "json" in formats:
-                written.append(results_dir / f"{suite}.json")
-                document = {"verdicts": [j.to_json() for j in judged],
+                document = {"run": rendered.run_id, "verdicts": [j.to_json() for j in judged],
                             "summary": summary.to_dict(orient="records"), "paired": [
                     {k.lstrip("_"): v for k, v in r.items() if k in ("comparison", "task", "n", "_delta", "_low", "_high",
-                                                                    "McNemar p")} for r in paired]}
-                written[-1].write_text(json.dumps(strict_json(document), indent=2, allow_nan=False))
+                                                                    "McNemar p")} for r in paired],
+                            "problems": [{"model": c.model, "task": c.task, "status": c.status, "reason": c.reason,
+                                          "note": c.note} for c in rendered.cells.values() if c.status != "ok" or c.note],
+                            "skipped_files": skipped_files(rendered.cells)}
+                written.append(write_text(results_dir / f"{suite}.json",
+                                          json.dumps(strict_json(document), indent=2, allow_nan=False)))
+            if "html" in formats:
+                from cbbench.report.html import render_html
+
+                written.append(write_text(results_dir / f"{suite}.html", render_html(rendered)))
     return written
+
+
+def skipped_files(cells: dict) -> list[dict]:
+    """Image files a task could not decode (and left out of its numbers), once per task and dataset: every
+    model saw the same files."""
+    seen = {}
+    for c in cells.values():
+        for note in c.provenance.get("notes", []) if c.status == "ok" else []:
+            if "corrupt image file" in note:
+                seen.setdefault((c.task, note), {"task": c.task, "dataset": c.dataset, "note": note})
+    return list(seen.values())
 
 
 def strict_json(value):

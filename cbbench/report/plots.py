@@ -77,16 +77,34 @@ def _ok(cells, predicate) -> dict[str, object]:
 def _new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure legends with (_legend_below)
     fig.get_layout_engine().set(w_pad=0.08, h_pad=0.06)  # inches: keep labels off the image edge
     return fig
 
 
+def _legend_below(fig, handles, ncol: int, **kw):
+    """A figure legend below the axes with as many columns (at most ``ncol``) as fit the figure's width:
+    a legend wider than the figure is cut off at both sides of the saved image."""
+    for n in range(max(1, ncol), 0, -1):
+        legend = fig.legend(handles=handles, loc="outside lower center", ncol=n, **kw)
+        if n == 1 or legend.get_window_extent(fig.canvas.get_renderer()).width <= 0.97 * fig.bbox.width:
+            return legend
+        legend.remove()
+
+
+def _legend_right(ax, **kw):
+    """An axes legend just right of its axes: inside, even loc="best" covers lines when every corner has data."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
+
+
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from cbbench.report.files import write_atomic
+
     try:
-        fig.savefig(path, dpi=DPI, format="png")
+        path = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     finally:
         fig.clear()  # an object-API figure is not registered with pyplot; clearing frees its artists
     return path
@@ -130,7 +148,7 @@ def plot_corruption_severity(cells, path) -> Path | None:
 
     ncols = 2 if len(order) > 1 else 1
     nrows = math.ceil(len(order) / ncols)
-    fig = _new_figure(10 if ncols == 2 else 6.5, 3.3 * nrows + 1.1)
+    fig = _new_figure((12 if ncols == 2 else 7.5) if detailed else (10 if ncols == 2 else 6.5), 3.3 * nrows + 1.1)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
 
     def curve(cell, corruption):
@@ -163,7 +181,7 @@ def plot_corruption_severity(cells, path) -> Path | None:
         ax.set_xticks(severities)
         ax.grid(True, alpha=0.3)
         if detailed:
-            ax.legend(loc="best", fontsize=8, framealpha=0.85, title="corruption", title_fontsize=8)
+            _legend_right(ax, fontsize=8, framealpha=0.85, title="corruption", title_fontsize=8)
     for ax in axes[len(order):]:
         ax.set_visible(False)
     for ax in axes.reshape(nrows, ncols)[:, 0]:
@@ -182,8 +200,7 @@ def plot_corruption_severity(cells, path) -> Path | None:
         handles = [Line2D([], [], color=styles[m].colour, linestyle=styles[m].linestyle, linewidth=2.4,
                           marker="s" if styles[m].cb else "o", markersize=4, label=styles[m].label) for m in ok]
         how = "thick = family mean, faint = single corruptions"
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=9,
-               title=how, title_fontsize=9)
+    _legend_below(fig, handles, min(len(handles), 4), fontsize=9, title=how, title_fontsize=9)
     fig.suptitle(f"Common corruptions{_dataset_note(ok.values())}: accuracy vs severity", fontsize=13)
     return _save(fig, path)
 
@@ -279,8 +296,7 @@ def plot_adversarial(cells, path) -> Path | None:
         ax.grid(True, axis="y", alpha=0.3)
         handles.append(Line2D([], [], linestyle="none", marker="D", color="black", markerfacecolor="white",
                               markeredgewidth=1.4, label="clean acc. (same images)"))
-        ncol = len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2)
-        fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=9)
+        _legend_below(fig, handles, len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2), fontsize=9)
     for ax, t in zip(axes[1 if fixed else 0:], sweeps):
         all_eps = set()
         for model in models:
@@ -304,7 +320,7 @@ def plot_adversarial(cells, path) -> Path | None:
         ax.set_ylabel("robust accuracy (%)")
         ax.set_title(f"{t}: robust accuracy vs ε\n(ε = 0: clean accuracy)", fontsize=11)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8, framealpha=0.85)
+        _legend_right(ax, fontsize=8, framealpha=0.85)
     fig.suptitle(f"L∞ attacks{_dataset_note(attack)}: robust accuracy", fontsize=13)
     return _save(fig, path)
 
@@ -324,7 +340,7 @@ def plot_attention_entropy(cells, path) -> Path | None:
         return None
     styles = _styles(cells)
     n_layers = max(max(layers) for layers, _ in curves.values()) + 1
-    fig = _new_figure(min(10.0, max(7.0, 4 + 0.35 * n_layers)), 4.6)
+    fig = _new_figure(min(12.0, max(8.5, 5.5 + 0.35 * n_layers)), 4.6)  # room for the legend at the right
     ax = fig.subplots()
     ax.axhline(1.0, color="black", linestyle=":", linewidth=1.2)
     ax.text(0.01, 1.0, "uniform attention (H/log N = 1)", transform=ax.get_yaxis_transform(),
@@ -339,7 +355,7 @@ def plot_attention_entropy(cells, path) -> Path | None:
     ax.set_xlabel("layer (transformer block index)")
     ax.set_ylabel("normalized entropy H / log N")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=9, framealpha=0.9)
+    _legend_right(ax, fontsize=9, framealpha=0.9)
     ax.set_title(f"Attention entropy per layer{_dataset_note(ok.values())}\n"
                  "mean over images, heads and query rows; 1 = uniform, 0 = one-hot", fontsize=11)
     return _save(fig, path)
@@ -420,7 +436,7 @@ def plot_deltas(paired: list[dict], path) -> Path | None:
     handles = [Line2D([], [], color=c, marker="o", linewidth=2.2, label=lab) for c, lab in
                ((_GOOD, "CI entirely on the better side"), (_BAD, "CI entirely on the worse side"),
                 (_NEUTRAL, "CI includes 0, or no better direction"))]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8.5)
+    _legend_below(fig, handles, 3, fontsize=8.5)
     title = "CB vs baseline: paired differences, 95% bootstrap CI"
     if len(comparisons) == 1:
         title += f"\n{comparisons[0]}"
