@@ -13,6 +13,8 @@ _PUBLIC = {
     "has_context_broadcasting": "cbbench.cb",
     "load_baseline_into_scaled_cb": "cbbench.cb",
     "corrupt": "cbbench.corruptions",
+    "evaluate": "cbbench.api",
+    "EvalResult": "cbbench.api",
     "load_model": "cbbench.models.build",
 }
 __all__ = sorted(_PUBLIC)

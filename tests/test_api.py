@@ -1,0 +1,70 @@
+"""cbbench.evaluate: a module built in Python, through the runner, store, cache and report of the CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import cbbench
+from tests.conftest import tiny_vit
+
+TASKS = ["clean", {"pgd": {"steps": 2}}]
+
+
+def test_evaluate_pairs_a_model_with_its_baseline_and_reuses_the_store(tmp_path):
+    result = cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=TASKS, limit=16, results=tmp_path, device="cpu")
+    table = result.table
+    assert list(table.index) == ["baseline", "model", "Δ model − baseline"]
+    assert list(table.columns) == ["clean", "pgd"]
+    assert table.loc["Δ model − baseline", "clean"] == pytest.approx(
+        table.loc["model", "clean"] - table.loc["baseline", "clean"])
+    assert set(result.paired["task"]) == {"clean", "pgd"}
+    assert result.report_path == tmp_path / "robustness_model.md" and result.report_path.is_file()
+    assert "model (CB)" in result.report_path.read_text()
+    cell = result.cells[("model", "pgd")]
+    assert cell.task_params["steps"] == 2 and cell.model_spec["weights"] == "memory"
+    assert {o.status for o in result.outcomes} == {"ok"}
+
+    again = cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=TASKS, limit=16, results=tmp_path, device="cpu")
+    assert {o.status for o in again.outcomes} == {"cached"}
+    assert again.table.equals(table)
+
+    changed = tiny_vit(cb=True)
+    with torch.no_grad():
+        changed.head.bias += 1.0  # other weights: other digest, other cells
+    third = cbbench.evaluate(changed, tiny_vit(), tasks=TASKS, limit=16, results=tmp_path, device="cpu")
+    assert {(o.model, o.status) for o in third.outcomes} == {("model", "ok"), ("baseline", "cached")}
+
+
+def test_any_module_with_its_own_preprocessing(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 10))
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[-1]))
+    result = cbbench.evaluate(net, tasks=["clean", "fgsm"], limit=8, results=tmp_path, device="cpu",
+                              preprocessing={"mean": (0.1, 0.1, 0.1), "std": (0.3, 0.3, 0.3), "input_size": 16},
+                              name="convnet", report_name="mine")
+    assert list(result.table.index) == ["convnet"] and result.report_path.name == "mine.md"
+    assert set(seen) == {16}  # resized inside, after cbbench's [0,1] images
+    spec = result.cells[("convnet", "clean")].model_spec
+    assert spec["arch"] == "python:torch.nn.modules.container.Sequential" and spec["mean"] == [0.1, 0.1, 0.1]
+
+
+def test_class_count_mismatch_names_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"predicts 5 classes but dataset digits has 10.*reset_classifier\(10\)"):
+        cbbench.evaluate(tiny_vit(num_classes=5), tasks=["clean"], limit=4, results=tmp_path, device="cpu")
+    assert not (tmp_path / "cbbench.sqlite").exists()
+
+
+def test_bad_task_parameters_fail_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="unknown parameter 'epss' for task pgd"):
+        cbbench.evaluate(tiny_vit(), tasks=[{"pgd": {"epss": "2/255"}}], results=tmp_path, device="cpu")
+
+
+def test_import_cbbench_stays_light():
+    code = "import cbbench, sys; assert 'evaluate' in cbbench.__all__; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,168 @@
+"""Suite files (`cbbench run --suite my.yaml`), `ls tasks --params`, `--log-samples` and the tracker flags."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from cbbench.cli import main
+from cbbench.store import Store
+from cbbench.suite_file import read_suite_file, task_from_entry
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_suite.yaml"
+# Seeded untrained networks of the demo ViT's shape: nothing to train, seconds to evaluate.
+MODELS = """models:
+  - {name: rand_vit, like: demo_vit, weights: random}
+  - {name: rand_vit_cb, like: demo_vit_cb, weights: random}
+"""
+
+
+def run_cli(capsys, *args):
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write(tmp_path, text: str, name: str = "my.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_example_suite_file_parses_with_its_parameters():
+    suite = read_suite_file(EXAMPLE)
+    assert suite.name == "my_suite" and suite.dataset == "digits" and suite.models == ("demo_vit", "demo_vit_cb")
+    pgd, corruptions = (task_from_entry(t) for t in suite.tasks[1:])
+    assert (pgd.name, pgd.eps, pgd.steps, pgd.step_size) == ("pgd", "2/255", 20, "0.25/255")
+    assert corruptions.name == "corruptions_torch" and corruptions.corruptions == ("gaussian_noise", "fog")
+    assert corruptions.severities == (3,) and corruptions.engine == "cbbench-torch"
+    assert pgd.params() != task_from_entry("pgd").params()  # hence another cell key
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    """One run of a suite file with overridden task parameters and --log-samples (about 15 s)."""
+    root = tmp_path_factory.mktemp("suite_file")
+    path = write(root, "name: smoke_file\ndataset: digits\n" + MODELS + """tasks:
+  - clean
+  - pgd: {eps: 2/255, steps: 2}
+  - corruptions_torch: {severities: [3], names: [fog]}
+""")
+    code = main(["run", "--suite", str(path), "--limit", "8", "--results", str(root / "results"), "--log-samples"])
+    assert code == 0
+    return root, path
+
+
+def test_suite_file_runs_and_its_parameters_enter_the_cells(suite_run):
+    root, _ = suite_run
+    results = root / "results"
+    md = (results / "smoke_file.md").read_text()
+    assert "`pgd` v1: PGD Linf eps=2/255, 2 steps" in md  # the protocol of the cell, not the default's
+    with Store(results) as store:
+        cells = {(c.model, c.task): c for c in store.run_cells(store.latest_run("smoke_file")[0])}
+    assert set(cells) == {(m, t) for m in ("rand_vit", "rand_vit_cb") for t in ("clean", "pgd", "corruptions_torch")}
+    assert cells[("rand_vit", "pgd")].task_params["eps"] == "2/255"
+    assert cells[("rand_vit", "pgd")].task_params["steps"] == 2
+    assert cells[("rand_vit", "corruptions_torch")].task_params["corruptions"] == ["fog"]
+    assert "fog.3.correct" in cells[("rand_vit", "corruptions_torch")].samples
+
+
+def test_other_parameters_are_other_cells(suite_run, capsys):
+    root, path = suite_run
+    results = str(root / "results")
+    code, out, _ = run_cli(capsys, "run", "--suite", str(path), "--limit", "8", "--results", results)
+    assert code == 0 and "0 computed, 6 reused" in out
+    path.write_text(path.read_text().replace("eps: 2/255", "eps: 1/255"))
+    try:
+        code, out, _ = run_cli(capsys, "run", "--suite", str(path), "--limit", "8", "--results", results)
+    finally:
+        path.write_text(path.read_text().replace("eps: 1/255", "eps: 2/255"))
+    assert code == 0 and "2 computed, 4 reused" in out
+
+
+def test_log_samples_writes_one_jsonl_per_cell(suite_run, capsys):
+    root, _ = suite_run
+    folder = root / "results" / "samples" / "smoke_file"
+    rows = [json.loads(line) for line in (folder / "rand_vit_cb__pgd.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and [r["index"] for r in rows] == list(range(8))
+    for key in ("model", "task", "index", "label", "pred", "correct", "confidence", "clean_correct"):
+        assert key in rows[0]
+    assert rows[0]["correct"] == (rows[0]["pred"] == rows[0]["label"])
+    corrupted = json.loads((folder / "rand_vit__corruptions_torch.jsonl").read_text().splitlines()[0])
+    assert corrupted["label"] == rows[0]["label"] and "fog.3.pred" in corrupted  # label from the clean cell
+    (folder / "rand_vit__clean.jsonl").unlink()
+    code, out, _ = run_cli(capsys, "report", "--results", str(root / "results"), "--suite", "smoke_file",
+                           "--log-samples", "--format", "md")
+    assert code == 0 and (folder / "rand_vit__clean.jsonl").is_file() and "rand_vit__clean.jsonl" in out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dataset: digits\nmodel: [demo_vit]\ntasks: [clean]\n", "unknown key 'model'. Did you mean 'models'?"),
+    ("dataset: digits\ntasks: [clean]\n", "missing key 'models'"),
+    ("dataset: digts\nmodels: [demo_vit]\ntasks: [clean]\n", "Did you mean 'digits'"),
+    ("dataset: digits\nmodels: [demo_vti]\ntasks: [clean]\n", "unknown model 'demo_vti'"),
+    ("dataset: digits\nmodels: [my.pth]\ntasks: [clean]\n", "like: ZOO_MODEL, checkpoint: my.pth"),
+    ("dataset: digits\nmodels: [{name: x, like: demo_vit, chekpoint: a.pth}]\ntasks: [clean]\n",
+     "unknown key(s) ['chekpoint']"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [clen]\n", "tasks[0]: unknown task 'clen'. Did you mean 'clean'"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {epss: 2/255}}]\n",
+     "unknown parameter 'epss' for task pgd. Did you mean 'eps'?"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {steps: many}}]\n", "pgd.steps: expected a whole number"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {steps: 0}}]\n", "pgd.steps: must be at least 1"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {eps: 2}}]\n", "did you mean 2/255?"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {eps: 2/0}}]\n", "cannot parse eps='2/0'"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {random_start: 1}}]\n", "expected true or false"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{corruptions_torch: {severities: 3}}]\n",
+     "expected a non-empty list"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{corruptions_torch: {severities: [6]}}]\n",
+     "severities go from 1 to 5"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{corruptions_torch: {names: [fogg]}}]\n",
+     "unknown corruption 'fogg'; did you mean 'fog'?"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{fgsm: {steps: 3}}]\n", "fgsm takes: eps"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [pgd, {pgd: {eps: 2/255}}]\n", "['pgd'] listed twice"),
+    ("name: robustness\ndataset: digits\nmodels: [demo_vit]\ntasks: [clean]\n", "is a built-in suite"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [clean\n", "is not valid YAML"),
+])
+def test_invalid_suite_files_exit_2_naming_file_key_and_fix(tmp_path, capsys, text, message):
+    path = write(tmp_path, text)
+    code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"))
+    assert code == 2
+    assert f"suite file {path}" in err and message in err, err
+    assert not (tmp_path / "r" / "cbbench.sqlite").exists()  # refused before anything ran
+
+
+def test_missing_suite_file(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "run", "--suite", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "not found" in err
+
+
+def test_ls_tasks_params_fits_the_terminal(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "70")
+    code, out, _ = run_cli(capsys, "ls", "tasks", "--params")
+    assert code == 0
+    assert "eps=1/255; steps=5; step_size=0.5/255; random_start=true" in " ".join(out.split())
+    assert max(len(line) for line in out.splitlines()) <= 72
+
+
+def test_trackers_that_are_not_installed_name_the_pip_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # an import of it raises ImportError
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    for flag, extra in (("--wandb", "cbbench[wandb]"), ("--tensorboard", "cbbench[tensorboard]")):
+        code, _, err = run_cli(capsys, "run", "--tasks", "clean", "--results", str(tmp_path), flag)
+        assert code == 2 and f"pip install '{extra}'" in err
+    assert not (tmp_path / "cbbench.sqlite").exists()
+
+
+def test_tensorboard_logs_the_headlines(suite_run):
+    pytest.importorskip("torch.utils.tensorboard", reason="needs the tensorboard package (cbbench[tensorboard])",
+                        exc_type=ImportError)
+    from cbbench.loggers import log_headlines
+
+    root, _ = suite_run
+    lines = log_headlines(root / "results", "smoke_file", tensorboard=True)
+    assert lines and list((root / "results" / "tensorboard" / "smoke_file" / "rand_vit").glob("events.*"))
