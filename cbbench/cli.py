@@ -10,6 +10,7 @@ import time
 from cbbench.registry import UnknownNameError
 
 EXIT_USAGE, EXIT_FAILED_CELLS = 2, 1
+REPORT_FORMATS = ("md", "csv", "json", "html")  # as cbbench.report.REPORT_FORMATS (not imported: it loads pandas)
 
 
 def _progress_factory():
@@ -27,16 +28,21 @@ def cmd_run(args) -> int:
     config = RunConfig(suite=args.suite, models=args.models, tasks=args.tasks, data_root=args.data_root,
                        results=args.results, checkpoints=args.checkpoints, limit=args.limit, device=args.device,
                        seed=args.seed, batch_size=args.batch_size, force=args.force, amp=args.amp,
-                       channels_last=args.channels_last, compile=args.compile)
+                       channels_last=args.channels_last, compile=args.compile, decode=args.decode)
     from cbbench import distributed
 
+    if args.wandb or args.tensorboard:  # a missing package: exit 2 now, not after the run
+        from cbbench.loggers import require
+
+        require(args.wandb, args.tensorboard)
     t0 = time.perf_counter()
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints and reports
     summary = run(config, progress=_progress_factory() if main_rank else None,
                   on_event=(lambda msg: print(msg, file=sys.stderr)) if main_rank else None)
     if not distributed.is_main():
         return EXIT_FAILED_CELLS if summary.failed else 0
-    files = write_reports(summary.results_dir, [summary.suite])
+    files = write_reports(summary.results_dir, [summary.suite], REPORT_FORMATS)
+    files += _exports(summary.results_dir, summary.suite, args)
     counts = {s: sum(o.status == s for o in summary.outcomes) for s in ("ok", "cached", "skipped", "failed")}
     print(f"done in {time.perf_counter() - t0:.1f} s: {counts['ok']} computed, {counts['cached']} reused from "
           f"the store, {counts['skipped']} skipped, {counts['failed']} failed")
@@ -62,13 +68,33 @@ def cmd_report(args) -> int:
     if args.suite:
         from cbbench.suites import SUITES
 
-        SUITES.get(args.suite)  # an unknown name: exit 2 with "did you mean"
+        from cbbench.suite_file import stored_suites
+
+        if args.suite not in stored_suites(args.results):  # suite files, cbbench.evaluate runs: in the store only
+            SUITES.get(args.suite)  # an unknown name: exit 2 with "did you mean"
     root = results_dir(args.results)
     if not (root / "cbbench.sqlite").is_file():
         print(f"error: no results store in {root}; run 'cbbench run --suite robustness' first "
               "(or point --results at the directory that holds cbbench.sqlite)", file=sys.stderr)
         return EXIT_USAGE
-    files = write_reports(root, [args.suite] if args.suite else None, args.format)
+    if args.run is not None:
+        from cbbench.store import Store
+
+        with Store(root) as store:
+            run = store.run(args.run)
+        if run is None:
+            print(f"error: the store in {root} has no run {args.run}; 'cbbench runs' lists them", file=sys.stderr)
+            return EXIT_USAGE
+        if args.suite and args.suite != run.suite:
+            print(f"error: run {args.run} is a run of suite {run.suite!r}, not {args.suite!r}", file=sys.stderr)
+            return EXIT_USAGE
+        args.suite = run.suite
+    files = write_reports(root, [args.suite] if args.suite else None, args.format, run_id=args.run)
+    if args.log_samples:
+        from cbbench.suite_file import stored_suites
+
+        for suite in [args.suite] if args.suite else stored_suites(str(root)):
+            files += _exports(root, suite, args)
     if not files:
         what = f"suite {args.suite!r}" if args.suite else "any suite"
         print(f"the store {root / 'cbbench.sqlite'} has no results for {what}; nothing to report")
@@ -78,18 +104,113 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _exports(results_dir, suite: str, args) -> list:
+    """--log-samples, --wandb, --tensorboard after a run (or a report): files written, trackers named."""
+    files = []
+    if args.log_samples:
+        from cbbench.samples import export_samples
+
+        files += export_samples(results_dir, suite)
+    if getattr(args, "wandb", False) or getattr(args, "tensorboard", False):
+        from cbbench.loggers import log_headlines
+
+        for line in log_headlines(results_dir, suite, wandb=args.wandb, tensorboard=args.tensorboard):
+            print(f"logged to {line}")
+    return files
+
+
+def cmd_runs(args) -> int:
+    """Every run kept in the store: what it ran and how its cells ended."""
+    from datetime import datetime
+
+    from tabulate import tabulate
+
+    from cbbench.paths import results_dir
+    from cbbench.store import Store
+
+    root = results_dir(args.results)
+    if not (root / "cbbench.sqlite").is_file():
+        print(f"error: no results store in {root}; run 'cbbench run' first (or pass --results DIR)", file=sys.stderr)
+        return EXIT_USAGE
+    with Store(root) as store:
+        runs = store.runs(args.suite)
+        shown = {s: store.latest_run(s)[0] for s in store.suites()}
+    rows = []
+    for r in runs:
+        models, tasks = r.config.get("models"), r.config.get("tasks")
+        rows.append({"run": r.run_id, "started": datetime.fromtimestamp(r.started).strftime("%Y-%m-%d %H:%M"),
+                     "suite": r.suite, "models": ", ".join(models) if models else "(suite's)",
+                     "tasks": ", ".join(tasks) if tasks else "(suite's)",
+                     **{s: r.counts.get(s, 0) for s in ("ok", "cached", "skipped", "failed")},
+                     "state": ("failed" if r.failed else "finished") if r.finished else "unfinished",
+                     "report": "shown" if shown.get(r.suite) == r.run_id else ""})
+    if not rows:
+        print(f"no runs{f' of suite {args.suite}' if args.suite else ''} in {root / 'cbbench.sqlite'}")
+        return 0
+    width = max(20, (__import__("shutil").get_terminal_size().columns - 90) // 2)
+    print(tabulate(rows, headers="keys", maxcolwidths={"models": width, "tasks": width}.get))
+    print("\n'cbbench report --run N' writes the report of run N (default: the 'shown' run of each suite)")
+    return 0
+
+
+def cmd_store(args) -> int:
+    from cbbench.paths import results_dir
+    from cbbench.store_repair import check, repair
+
+    root = results_dir(args.results)
+    if args.action == "check":
+        problems = check(root)
+        for p in problems[:50]:
+            print(p)
+        if len(problems) > 50:
+            print(f"... and {len(problems) - 50} more")
+        print(f"{root / 'cbbench.sqlite'}: " + ("ok" if not problems else
+              f"{len(problems)} problem(s); 'cbbench store repair --results {root}' rescues the readable cells"))
+        return 1 if problems else 0
+    result = repair(root)
+    for p in result["problems"]:
+        print(p)
+    print(f"moved the damaged store to {result['moved_to']}; copied into a new {root / 'cbbench.sqlite'}: "
+          + ", ".join(f"{n} {table}" for table, n in result["copied"].items())
+          + ". Rerun your command: cells that were lost are computed again.")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Two results folders (or two runs of one) side by side, as markdown on stdout and optionally an HTML page."""
+    from pathlib import Path
+
+    from cbbench.report.compare import compare_blocks, load_sides, to_html, to_markdown
+
+    blocks = compare_blocks(load_sides(args.a, args.b, tuple(args.runs) if args.runs else None, args.suite))
+    print(to_markdown(blocks))
+    if args.html:
+        Path(args.html).write_text(to_html(blocks), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
 def cmd_ls(args) -> int:
+    import shutil
+
+    widths = None  # protocols are long sentences: wrapped to the terminal's width
     if args.what == "models":
         from cbbench.models.zoo import MODELS
 
         rows = [(n, s.arch, "yes" if s.cb else "", s.baseline or "", s.weights, s.dataset, s.description)
                 for n, s in MODELS.items()]
         headers = ["model", "arch", "CB", "baseline", "weights", "dataset", "description"]
+    elif args.what == "tasks" and args.params:
+        from cbbench.suite_file import params_table
+
+        print(params_table())
+        return 0
     elif args.what == "tasks":
         from cbbench.tasks import TASKS
 
         rows = [(n, t.version, t.protocol) for n, t in TASKS.items()]
         headers = ["task", "version", "protocol"]
+        widths = [None, None, max(30, shutil.get_terminal_size().columns - 4 - max(map(len, TASKS)) - 9)]
     elif args.what == "suites":
         from cbbench.suites import SUITES
 
@@ -111,7 +232,7 @@ def cmd_ls(args) -> int:
         headers = ["dataset"]
     from tabulate import tabulate
 
-    print(tabulate(rows, headers=headers, tablefmt="simple"))
+    print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=widths))
     return 0
 
 
@@ -216,13 +337,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+DESCRIPTION = """\
+cbbench measures how robust Vision Transformers are with and without Context
+Broadcasting (CB): clean accuracy, common corruptions, adversarial attacks,
+calibration and attention density, each CB model paired with its baseline on
+the same images, with confidence intervals and verdicts on the paper's claims.
+Results are cached in a results folder, so reruns only compute what is new.
+
+Most common:
+  cbbench run                      evaluate the default suite (tiny ViTs on
+                                   digits, no download) and write the report
+                                   to results/robustness.{md,html,csv,json}
+  cbbench report --format html     re-render the reports from the stored results
+
+See 'cbbench COMMAND -h' for each command's options."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cbbench", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="cbbench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="evaluate models on a suite's tasks and write the report")
-    p.add_argument("--suite", help="suite name (cbbench ls suites); default: robustness, or robustness_imagenet "
+    p.add_argument("--suite", help="suite name (cbbench ls suites) or your own suite file, e.g. my_suite.yaml "
+                                   "(docs/suite_files.md); default: robustness, or robustness_imagenet "
                                    "when a data root is given")
     p.add_argument("--models", nargs="+", help="zoo names or ad-hoc timm:ARCH[+cb][@CKPT] (default: the suite's)")
     p.add_argument("--tasks", nargs="+", help="task names (default: the suite's)")
@@ -232,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N test images (smoke tests)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of corruptions and attack random starts")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="images per forward pass (default 128); lower it if memory runs out")
     p.add_argument("--force", action="store_true", help="recompute cells already in the store")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
                    help="autocast dtype of the evaluation forward (attacks keep fp32 gradients); changes numbers, "
@@ -241,16 +381,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model for the evaluation forward (falls back to eager with a warning "
                         "if compiling fails; compiling takes minutes on a CPU)")
+    p.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where image files are decoded and resized: cpu (PIL in DataLoader workers, the reference), "
+                        "gpu (torchvision/nvjpeg on the CUDA device; pixels differ slightly, so such cells are "
+                        "stored apart), auto (gpu when evaluating on CUDA); workers: CBBENCH_NUM_WORKERS "
+                        "(default: one per available core)")
+    p.add_argument("--log-samples", action="store_true",
+                   help="also write each cell's per-image outcomes to <results>/samples/<suite>/<model>__<task>.jsonl "
+                        "(and .parquet if pyarrow is installed); columns: docs/samples.md")
+    p.add_argument("--wandb", action="store_true", help="log the headline metrics to Weights & Biases "
+                                                        "(pip install 'cbbench[wandb]')")
+    p.add_argument("--tensorboard", action="store_true", help="log the headline metrics for TensorBoard under "
+                                                              "<results>/tensorboard (pip install 'cbbench[tensorboard]')")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="re-render reports from the results store")
     p.add_argument("--results", help="results directory (default ./results)")
     p.add_argument("--suite", help="only this suite (default: every suite in the store)")
-    p.add_argument("--format", type=report_formats, default="md,csv,json", help="comma-separated: md,csv,json")
+    p.add_argument("--format", type=report_formats, default=",".join(REPORT_FORMATS),
+                   help="comma-separated files to write per suite: md (the leaderboard), csv and json (the numbers), "
+                        "html (one self-contained page: sortable tables, plots inline); default: all four")
+    p.add_argument("--run", type=positive_int, help="render run N ('cbbench runs' lists them) instead of the latest "
+                                                     "run with results; its cells exactly as that run left them")
+    p.add_argument("--log-samples", action="store_true",
+                   help="also write per-image outcomes (JSONL, + Parquet with pyarrow) under <results>/samples/")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("runs", help="list the runs kept in the results store (id, date, suite, cells ok/failed)")
+    p.add_argument("--results", help="results directory (default ./results)")
+    p.add_argument("--suite", help="only runs of this suite")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("store", help="check the results store, or rescue a damaged one")
+    p.add_argument("action", choices=["check", "repair"],
+                   help="check: read everything, report problems, change nothing (exit 1 if any); repair: move the "
+                        "store aside and copy every readable cell and run into a new one")
+    p.add_argument("--results", help="results directory (default ./results)")
+    p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser("compare", help="two results folders, or two runs of one, side by side: per model and task "
+                                        "both numbers, the difference and what changed between them")
+    p.add_argument("a", metavar="A", help="a results folder (the one holding cbbench.sqlite)")
+    p.add_argument("b", metavar="B", nargs="?", help="a second results folder (or use --runs N M on A alone)")
+    p.add_argument("--runs", nargs=2, type=positive_int, metavar=("N", "M"),
+                   help="compare runs N and M of the store in A ('cbbench runs' lists them)")
+    p.add_argument("--suite", help="only this suite (default: every suite both folders have results for)")
+    p.add_argument("--html", metavar="FILE", help="also write the comparison as a self-contained HTML page")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("ls", help="list registered models, tasks, suites, datasets or training recipes")
-    p.add_argument("what", choices=["models", "tasks", "suites", "datasets", "recipes"])
+    p.add_argument("what", choices=["models", "tasks", "suites", "datasets", "recipes"],
+                   help="what to list: zoo models, tasks (with their protocols), suites, datasets or training recipes")
+    p.add_argument("--params", action="store_true", help="with 'tasks': each task's parameters and their defaults "
+                                                         "(what a suite file may set)")
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("datasets", help="check datasets under a data root, or make ImageNet-C from val")
@@ -263,10 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--src", required=True, help="ImageNet val folder (<wnid>/<file>.JPEG)")
     q.add_argument("--out", required=True, help="output folder, e.g. <data root>/imagenet-c")
     q.add_argument("--corruptions", nargs="+", help="default: all 19 (15 benchmark + 4 held-out)")
-    q.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    q.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="default: 1 2 3 4 5")
     q.add_argument("--engine", choices=["torch", "reference"], default="torch",
                    help="torch: cbbench's batched engine (CPU or GPU); reference: imagecorruptions 1.1.2")
-    q.add_argument("--seed", type=seed_int, default=0)
+    q.add_argument("--seed", type=seed_int, default=0, help="seed of the corruptions' random draws (default 0)")
     q.add_argument("--batch-size", type=positive_int, default=64, help="also fixes the torch engine's random draws")
     q.add_argument("--limit", type=positive_int, help="only the first N val images (in sorted order)")
     q.add_argument("--device", default="auto", help="cpu, cuda ... (the torch engine runs there)")
@@ -327,9 +510,10 @@ def seed_int(text: str) -> int:
 
 def report_formats(text: str) -> tuple[str, ...]:
     formats = tuple(f.strip() for f in text.split(",") if f.strip())
-    unknown = [f for f in formats if f not in ("md", "csv", "json")]
+    unknown = [f for f in formats if f not in REPORT_FORMATS]
     if unknown or not formats:
-        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown or [text]}; choose from md, csv, json")
+        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown or [text]}; choose from "
+                                         f"{', '.join(REPORT_FORMATS)}")
     return formats
 
 
@@ -345,12 +529,15 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from cbbench.errors import CheckpointError, StoreError
+    from cbbench.errors import CheckpointError, OutputError, StoreError
 
     try:
         return args.func(args)
-    except (UnknownNameError, FileNotFoundError, CheckpointError, StoreError, ValueError, PermissionError) as exc:
+    except (UnknownNameError, FileNotFoundError, CheckpointError, StoreError, OutputError, ValueError,
+            PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if args.verbose:
+            logging.exception("details")
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: finished cells are in the store; rerun the same command to resume", file=sys.stderr)
@@ -363,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `cbbench ls models | head -1`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    except Exception as exc:  # a bug or an environment problem we did not foresee: one line, traceback under -v
+        if args.verbose:
+            raise
+        print(f"error: {exc.__class__.__name__}: {exc}\n(unexpected: rerun with -v for the traceback, and please "
+              "report it; finished cells are in the store)", file=sys.stderr)
+        return EXIT_FAILED_CELLS
 
 
 def threading_main() -> bool:

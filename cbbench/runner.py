@@ -15,22 +15,33 @@ import torch
 
 from cbbench import distributed
 from cbbench.data.base import DatasetMissingError, load_dataset
-from cbbench.errors import CellNotApplicable
+from cbbench.errors import CellNotApplicable, StoreError
 from cbbench.metrics import nonfinite_count
 from cbbench.models.build import load_model
+from cbbench.models.checkpoint import check_file
 from cbbench.models.zoo import resolve
+from cbbench.paths import checkpoint_dir
 from cbbench.paths import data_root as resolve_data_root
 from cbbench.paths import results_dir as resolve_results_dir
 from cbbench.store import Store, cell_key
 from cbbench.suites import SUITES
 from cbbench.tasks import TASKS, TaskContext
-from cbbench.tasks.base import Pipeline
+from cbbench.data.device_decode import decode_on_device, reads_image_files
+from cbbench.tasks.base import Pipeline, pipeline_key
 
 log = logging.getLogger(__name__)
 
 # How often a running cell writes its finished batches to the store (tasks/stream.py): the most work a
 # kill -9 can lose. A write costs milliseconds; set CBBENCH_STREAM_EVERY_S to change it.
-STREAM_EVERY_S = float(os.environ.get("CBBENCH_STREAM_EVERY_S", "30"))
+def stream_every_s() -> float:
+    text = os.environ.get("CBBENCH_STREAM_EVERY_S", "30")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"CBBENCH_STREAM_EVERY_S={text!r}: expected seconds >= 0 (e.g. 30), or unset it")
+    return value
 
 
 @dataclass
@@ -50,6 +61,8 @@ class RunConfig:
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
+    # Image decoding: cpu (PIL in DataLoader workers), gpu (torchvision on the CUDA device), auto (gpu on CUDA).
+    decode: str = "auto"
 
     @property
     def pipeline(self) -> Pipeline:
@@ -61,7 +74,8 @@ class CellOutcome:
     model: str
     task: str
     status: str  # ok | cached | skipped | failed
-    reason: str | None = None
+    reason: str | None = None  # one line; a failed cell's traceback is in the store (and logged under -v)
+    traceback: str | None = None
     wall_s: float = 0.0
     nonfinite: int = 0  # images with NaN/inf logits: the cell's numbers are withheld from the report
 
@@ -125,24 +139,36 @@ def provenance(device: torch.device) -> dict:
     }
 
 
-def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], None] = None) -> RunSummary:
-    """Execute ``config``; every finished cell is committed at once, so an interrupted run resumes."""
+def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], None] = None,
+        prebuilt: dict | None = None) -> RunSummary:
+    """Execute ``config``; every finished cell is committed at once, so an interrupted run resumes.
+
+    ``prebuilt``: name -> a model built in Python (cbbench.api.prepare: ``spec`` and ``weights_digest`` set),
+    used instead of loading the spec of that name."""
+    from cbbench.suite_file import load_suite, task_from_entry
+
     say = on_event or (lambda msg: None)
     data_root = resolve_data_root(config.data_root)
-    suite = SUITES.get(config.suite or "robustness")
+    suite = load_suite(config.suite or "robustness")  # a name, a suite file (.yaml) or a Suite
     if data_root is not None and suite.with_data_root and config.suite is None:
         say(f"data root {data_root} given: running suite {suite.with_data_root} (the data-backed "
             f"counterpart of {suite.name})")
         suite = SUITES.get(suite.with_data_root)
-    specs = [resolve(name) for name in (config.models or suite.models)]
+    prebuilt = prebuilt or {}
+    specs = [prebuilt[n].spec if isinstance(n, str) and n in prebuilt else resolve(n)
+             for n in (config.models or suite.models)]
     for spec in specs:  # a checkpoint the user named must exist: bad input, before any work (zoo cache: files may not)
-        if spec.weights == "file" and not spec.checkpoint.startswith("cache:") \
-                and not Path(spec.checkpoint).expanduser().is_file():
-            raise FileNotFoundError(f"model {spec.name}: checkpoint {spec.checkpoint} not found; pass an existing "
-                                    "file (timm:ARCH[+cb]@/path/to/checkpoint.pth)")
-    tasks = [TASKS.get(name) for name in (config.tasks or suite.tasks)]
+        if spec.weights == "file" and not spec.checkpoint.startswith("cache:"):
+            if not Path(spec.checkpoint).expanduser().is_file():
+                raise FileNotFoundError(f"model {spec.name}: checkpoint {spec.checkpoint} not found; pass an existing "
+                                        "file (timm:ARCH[+cb]@/path/to/checkpoint.pth)")
+            check_file(spec.checkpoint)
+    tasks = [task_from_entry(t) for t in (config.tasks or suite.tasks)]  # "pgd" or {"pgd": {"eps": "2/255"}}
+    every_s = stream_every_s()
+    checkpoint_dir(config.checkpoints)  # a file in its place: bad input, before any work
     pipeline = config.pipeline  # validates --amp before any work
     device = distributed.local_device(pick_device(config.device))
+    decode_gpu = decode_on_device(config.decode, device)  # validates --decode before any work
     distributed.init_from_env(device.type)
     results = resolve_results_dir(config.results)
     # Only rank 0 touches the store; the other ranks follow its decisions (distributed.from_main).
@@ -153,7 +179,7 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
             dataset, missing = load_dataset(suite.dataset, data_root), None
         except DatasetMissingError as exc:
             dataset, missing = None, str(exc)
-        models, unavailable = _load_models(specs, dataset, device, config, say, progress)
+        models, unavailable = _load_models(specs, dataset, device, config, say, progress, prebuilt)
         partners = _partners(models)
         base = provenance(device)
         position = 0
@@ -169,7 +195,7 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 digest = model.weights_digest if model is not None else "unavailable"
                 key = cell_key(spec.identity(), digest, task.name, task.version, params,
                                suite.dataset, config.limit, config.seed,
-                               pipeline=None if pipeline.is_default else pipeline.describe())
+                               pipeline=pipeline_key(pipeline, decode_gpu and reads_image_files(task, dataset)))
                 ident = dict(key=key, model=spec.name, model_spec=spec.to_dict(), weights_digest=digest,
                              task=task.name, task_version=task.version, task_params=params,
                              dataset=suite.dataset, limit=config.limit, seed=config.seed)
@@ -183,8 +209,9 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                     if config.force:
                         store.delete_parts(key)  # also what an interrupted attempt stored
                     outcome = _evaluate(store, ident, task, model, partners.get(spec.name), dataset, config,
-                                        device, base, progress, data_root)
-                store.add_run_cell(summary.run_id, position, key, spec.name, task.name)
+                                        device, base, progress, data_root, every_s)
+                store.add_run_cell(summary.run_id, position, key, spec.name, task.name, outcome.status,
+                                   outcome.reason, outcome.traceback)
                 position += 1
                 summary.outcomes.append(outcome)
                 say(f"{task.name} / {spec.name}: {outcome.status}"
@@ -196,7 +223,7 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
     return summary
 
 
-def _load_models(specs, dataset, device, config, say, progress=None) -> tuple[dict, dict[str, str]]:
+def _load_models(specs, dataset, device, config, say, progress=None, prebuilt=None) -> tuple[dict, dict[str, str]]:
     """Load every model once. Weights that are not on disk make that model's cells skipped (with the
     reason); a checkpoint that does not fit its model is an error, as is a class-count mismatch.
     Models trained by cbbench that are not cached yet are trained first, in parallel."""
@@ -210,8 +237,9 @@ def _load_models(specs, dataset, device, config, say, progress=None) -> tuple[di
     for spec in specs:
         say(f"loading model {spec.name}")
         try:
-            models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints,
-                                           data_root=config.data_root)
+            models[spec.name] = (prebuilt[spec.name].to(device) if spec.name in (prebuilt or {}) else
+                                 load_model(spec, device=device, checkpoint_dir=config.checkpoints,
+                                            data_root=config.data_root))
         except FileNotFoundError as exc:
             unavailable[spec.name] = f"weights unavailable: {exc}"
             say(f"  skipping {spec.name}: {exc}")
@@ -250,14 +278,16 @@ def _partners(models: dict) -> dict:
     return partners
 
 
-def _evaluate(store, ident, task, model, partner, dataset, config, device, base, progress, data_root) -> CellOutcome:
+def _evaluate(store, ident, task, model, partner, dataset, config, device, base, progress, data_root,
+              every_s: float | None = None) -> CellOutcome:
     key = ident["key"]
     ctx = TaskContext(dataset=dataset, device=device, batch_size=config.batch_size, limit=config.limit,
                       seed=config.seed, data_root=data_root, transform=getattr(model, "eval_transform", None),
                       partner=partner, pipeline=config.pipeline,
+                      decode_on_device=decode_on_device(config.decode, device),
                       load_part=lambda part: store.get_part(key, part),
                       save_part=lambda part, arrays: store.put_part(key, part, arrays),
-                      load_parts=lambda prefix: store.get_parts(key, prefix), stream_every_s=STREAM_EVERY_S)
+                      load_parts=lambda prefix: store.get_parts(key, prefix), stream_every_s=stream_every_s() if every_s is None else every_s)
     if progress is not None:
         ctx.progress = progress
     t0 = time.perf_counter()
@@ -266,15 +296,25 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
     except (DatasetMissingError, CellNotApplicable) as exc:
         store.put(**ident, status="skipped", reason=str(exc))
         return CellOutcome(ident["model"], task.name, "skipped", str(exc))
+    except StoreError:
+        raise  # the store itself (full disk, damage): every later cell would fail the same way
     except Exception as exc:  # one failing cell must not lose the others; it is recorded and reported
-        reason = f"{exc.__class__.__name__}: {exc}"
-        log.error("task %s failed on %s:\n%s", task.name, ident["model"], traceback.format_exc())
-        store.put(**ident, status="failed", reason=reason)
-        return CellOutcome(ident["model"], task.name, "failed", reason)
+        reason = one_line(exc)
+        trace = traceback.format_exc()
+        log.info("task %s failed on %s:\n%s", task.name, ident["model"], trace)  # shown with -v
+        store.put(**ident, status="failed", reason=reason, provenance=dict(base, traceback=trace))
+        return CellOutcome(ident["model"], task.name, "failed", reason, traceback=trace)
     wall = time.perf_counter() - t0
     prov = dict(base, wall_s=wall, batch_size=config.batch_size, protocol=task.protocol, notes=result.notes,
                 num_params=sum(p.numel() for p in model.parameters()), weights_digest=model.weights_digest,
                 trained_on=getattr(model, "trained_on", None),
-                pipeline=dict(ctx.pipeline.describe(), notes=list(ctx.pipeline_notes)))
+                pipeline=dict(ctx.pipeline.describe(), decode="gpu" if ctx.decode_on_device else "cpu",
+                              notes=list(ctx.pipeline_notes)))
     store.put(**ident, status="ok", metrics=result.metrics, samples=result.samples, provenance=prov, wall_s=wall)
     return CellOutcome(ident["model"], task.name, "ok", wall_s=wall, nonfinite=nonfinite_count(result.metrics))
+
+
+def one_line(exc: BaseException, width: int = 300) -> str:
+    """A failure as one line: its type and the first line of its message, shortened."""
+    text = f"{exc.__class__.__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    return text if len(text) <= width else text[: width - 1] + "…"
