@@ -41,6 +41,28 @@ def random_checkpoints(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is faster than two (no spin-waiting), and
+    what these tests check does not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the command line run in this process."""
+    from cbbench.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse rejects a bad value with exit 2
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def tiny_vit(cb: bool = False, seed: int = 0, depth: int = 2, **kw) -> torch.nn.Module:
     import timm
 

@@ -26,13 +26,7 @@ TINY_KWARGS = tuple(sorted(dict(img_size=32, patch_size=8, embed_dim=DIM, depth=
                                 num_classes=10).items()))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than two on a shared 2-core machine (no spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def net_of(seed=0, **cb):

@@ -11,17 +11,10 @@ import torch
 from cbbench.cli import main
 from cbbench.suites import SUITES
 from cbbench.tasks import TASKS
+from tests.conftest import run_cli
 
 LIMIT = "24"
 
-
-def run_cli(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse rejects a bad value with exit 2
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def summary_table(markdown: str) -> str:

@@ -19,13 +19,7 @@ from tests.test_imagenet_c_generated import Recorder, ctx_for, val_root  # noqa:
 from tests.test_stream import store_context
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on a shared 2-core machine: one thread is faster (and the engine's output does not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv_net() -> nn.Module:

@@ -19,23 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from cbbench.cli import main
 from cbbench.models.zoo import MODELS
 from cbbench.errors import StoreError
 from cbbench.store import SCHEMA_VERSION, Store, _sqlite_errors
 from cbbench.tasks import TASKS
+from tests.conftest import run_cli as cli
 
 IDENT = dict(model="m", model_spec={"name": "m"}, weights_digest="w", task="clean", task_version=1,
              task_params={}, dataset="digits", limit=None, seed=0)
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse rejects a bad value with exit 2
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def leaderboard(markdown: str) -> str:
