@@ -366,3 +366,12 @@ def test_tasks_seeded_per_batch_key_their_cells_by_batch_size_and_the_others_do_
         sizes = sorted(json.loads(p).get("batch_size") for (p,) in store.db.execute(
             "SELECT task_params FROM cells WHERE task='pgd'"))
     assert sizes == [4, 8]
+
+
+def test_attention_entropy_of_a_model_without_attention_is_not_applicable():
+    """A skipped cell with the reason (a conv net has nothing to measure), not a failed one."""
+    from cbbench.errors import CellNotApplicable
+    from cbbench.tasks.attention import attention_modules
+
+    with pytest.raises(CellNotApplicable, match="no timm attention modules"):
+        attention_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()))

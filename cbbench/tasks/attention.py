@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cbbench.errors import CellNotApplicable
 from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, run_batches
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     mods = [m for m in model.modules() if hasattr(m, "fused_attn") and hasattr(m, "attn_drop")]
     if not mods:
-        raise TypeError(f"{type(model).__name__} has no timm attention modules to measure")
+        raise CellNotApplicable(f"{type(model).__name__} has no timm attention modules to measure (attention "
+                                "entropy applies to timm ViTs)")
     return mods
 
 
