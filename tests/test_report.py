@@ -117,3 +117,21 @@ def test_verdicts_come_first_and_across_seeds(tmp_path):
     assert clean.low == pytest.approx(0.1875 - 12.7062 * 0.0883883 / 2 ** 0.5, abs=1e-4)
     entropy = next(j for j in judged if "entropy" in j.claim)
     assert entropy.values == pytest.approx([-0.1, -0.1]) and entropy.verdict == "supported"
+
+
+def test_a_claims_metric_is_worded_from_the_protocol_the_cells_were_run_with():
+    """A suite file can run PGD with 20 steps at 2/255: the verdict must not say PGD-5."""
+    from cbbench.report.claims import judge_claims
+    from cbbench.store import Cell
+    from cbbench.tasks import TASKS
+
+    def cells_for(params):
+        specs = {m: MODELS.get(m).to_dict() for m in ("demo_vit", "demo_vit_cb")}
+        return specs, {(m, "pgd"): Cell(m, m, specs[m], "pgd", 1, params, "digits", None, 0, "ok", None,
+                                        {"accuracy": 0.5 + 0.1 * ("cb" in m)}, {}, None, 0.0)
+                       for m in specs}
+
+    specs, cells = cells_for(TASKS.get("pgd").params())
+    assert judge_claims(cells, specs)[0].label == "PGD-5 robust accuracy"
+    specs, cells = cells_for({**TASKS.get("pgd").params(), "eps": "2/255", "steps": 20})
+    assert judge_claims(cells, specs)[0].label == "PGD-20 (ε 2/255) robust accuracy"

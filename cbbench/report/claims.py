@@ -126,6 +126,24 @@ def size_label(spec: dict) -> str:
     return f"{size}, CB({shown})"
 
 
+def _label(claim: Claim, cell) -> str:
+    """The claim's metric as this run measured it: its fixed wording for the registered protocol, else one
+    from the cell's stored parameters (a suite file may set other steps, budgets or corruptions)."""
+    from cbbench.tasks import TASKS
+
+    params = cell.task_params
+    if cell.task not in TASKS or json.dumps(params, sort_keys=True, default=list) == json.dumps(
+            TASKS.get(cell.task).params(), sort_keys=True, default=list):
+        return claim.label
+    if params.get("attack") in ("pgd", "fgsm"):
+        name = "FGSM" if params["attack"] == "fgsm" else f"PGD-{params.get('steps')}"
+        return f"{name} (ε {params.get('eps')}) robust accuracy"
+    if "corruptions" in params and "severities" in params:
+        return (f"mean accuracy over {len(params['corruptions'])} corruption(s) x {len(params['severities'])} "
+                "severit(ies)")
+    return f"{claim.label} (parameters {params})"
+
+
 def _ok(cells, model, task) -> bool:
     return (model, task) in cells and cells[(model, task)].status == "ok"
 
@@ -156,15 +174,16 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
             deltas = [cells[(m, task)].metrics.get(claim.key, math.nan) - cells[(b, task)].metrics.get(claim.key, math.nan)
                       for m, b in measured]
             broken = [x for pair in measured for x in pair if cell_nonfinite(cells[(x, task)])]
+            label = _label(claim, cells[measured[0][0], task])
             if broken or not _finite(deltas):
-                judged.append(Judged(claim.text, size, claim.label, [], claim.percent, NO_VERDICT,
+                judged.append(Judged(claim.text, size, label, [], claim.percent, NO_VERDICT,
                                      f"non-finite outputs from {', '.join(broken)}" if broken
                                      else "a model's metric is not a finite number"))
                 continue
             mean, std, low, high = t_interval(deltas)
             if task == "clean":
                 gains[size] = deltas
-            judged.append(Judged(claim.text, size, claim.label, deltas, claim.percent, *judge(low, high, claim.sign),
+            judged.append(Judged(claim.text, size, label, deltas, claim.percent, *judge(low, high, claim.sign),
                                  mean=mean, std=std, low=low, high=high))
         judged += _cost_claims(cells, pairs, size)
     if len(gains) >= 2:
