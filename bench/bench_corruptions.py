@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cbbench.corruptions.engine import ALL_CORRUPTIONS, corrupt, engine_threads
+from cbbench.corruptions.catalog import ALL_CORRUPTIONS
+from cbbench.corruptions.engine import corrupt, engine_threads
 from cbbench.corruptions.reference import reference_corrupt
 
 # Runs in the fork's Python: reads uint8 images (B, H, W, 3) from a .npy, then per line "name severity repeats"

@@ -51,7 +51,7 @@ def main() -> None:
     import torch
     import timm
 
-    from cbbench.metrics import BENCHMARK_CORRUPTIONS, HOLDOUT_CORRUPTIONS
+    from cbbench.corruptions.catalog import ALL_CORRUPTIONS
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +83,7 @@ def main() -> None:
              ("reference s1 vs engine s1", (1, ref), (1, gen)),
              ("reference s0 vs engine s1", (0, ref), (1, gen))]
     rows = []
-    for c in BENCHMARK_CORRUPTIONS + HOLDOUT_CORRUPTIONS:
+    for c in ALL_CORRUPTIONS:
         rows.append([agree(a, b, c) for _, a, b in pairs])
     mean = np.mean(rows, axis=0)
     seconds = {t: [runs[s][t].wall_s for s in (0, 1)] for t in (ref, gen)}
@@ -101,7 +101,7 @@ def main() -> None:
         "| corruption | " + " | ".join(name for name, _, _ in pairs) + " |",
         "|---|" + "---:|" * len(pairs),
     ]
-    for c, row in zip(BENCHMARK_CORRUPTIONS + HOLDOUT_CORRUPTIONS, rows):
+    for c, row in zip(ALL_CORRUPTIONS, rows):
         lines.append(f"| {c} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     lines.append("| **all 19** | " + " | ".join(f"**{v:.2f}**" for v in mean) + " |")
     lines += ["", f"Engine vs reference agreement {mean[2]:.2f} / {mean[3]:.2f} against a reference-vs-reference "

@@ -67,8 +67,8 @@ def seconds(fn, device: torch.device) -> float:
 
 def bench_model(arch: str, a, data: Path, device: torch.device, pipeline, first: bool, deadline: float) -> list:
     """[(pipeline, images, seconds)] for one model; rows past the deadline are (name, images, None)."""
-    from cbbench.corruptions.reference import BENCHMARK_CORRUPTIONS
-    from cbbench.data.base import load_dataset
+    from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS
+    from cbbench.data.registry import load_dataset
     from cbbench.data.folders import to_tensor_only
     from cbbench.data.imagenet import ImageNetC
     from cbbench.data.transforms import data_config

@@ -11,11 +11,11 @@ _PUBLIC = {
     "ContextBroadcast": "cbbench.cb",
     "add_context_broadcasting": "cbbench.cb",
     "has_context_broadcasting": "cbbench.cb",
-    "load_baseline_into_scaled_cb": "cbbench.cb",
+    "load_baseline_into_scaled_cb": "cbbench.models.checkpoint",
     "corrupt": "cbbench.corruptions",
     "evaluate": "cbbench.api",
     "EvalResult": "cbbench.api",
-    "load_model": "cbbench.models.build",
+    "load_model": "cbbench.api",
 }
 __all__ = sorted(_PUBLIC)
 

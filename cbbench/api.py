@@ -97,6 +97,23 @@ def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | No
     return model
 
 
+def load_model(name_or_spec, device: str | torch.device = "cpu", checkpoint_dir: str | Path | None = None,
+               data_root: str | Path | None = None) -> Normalized:
+    """``cbbench.load_model``: cbbench.models.build.load_model, training cbbench's own models (weights="train":
+    demo and CIFAR ones) on first use into ``checkpoint_dir`` (default: the user cache dir, or CBBENCH_CKPT);
+    CIFAR ones read their training data from ``data_root`` (default: CBBENCH_DATA)."""
+    from cbbench.models import build
+    from cbbench.models.zoo import resolve
+
+    spec = resolve(name_or_spec)
+    trained = None
+    if spec.weights == "train":
+        from cbbench.train import trained_checkpoint
+
+        trained = trained_checkpoint(spec, checkpoint_dir, device=device, data_root=data_root)
+    return build.load_model(spec, device=device, checkpoint_dir=checkpoint_dir, trained=trained)
+
+
 def check_classes(model: InMemoryModel, dataset, device) -> None:
     """One forward on two images: a head that does not fit the dataset fails here, with the fix, not in a cell."""
     images = getattr(dataset, "images", None)
@@ -149,7 +166,8 @@ def evaluate(model: nn.Module, baseline: nn.Module | None = None, *, suite: str 
     name ``report_name`` (default "<suite>_<name>") in ``results`` (default ./results or CBBENCH_RESULTS),
     next to CLI runs; ``cbbench report`` re-renders it. The modules are put in eval mode on ``device``.
     """
-    from cbbench.data.base import DatasetMissingError, load_dataset
+    from cbbench.data.registry import load_dataset
+    from cbbench.errors import DatasetMissingError
     from cbbench.paths import data_root as resolve_data_root
     from cbbench.runner import RunConfig, pick_device, run
     from cbbench.suite_file import load_suite, task_from_entry

@@ -134,20 +134,3 @@ def cb_scale_keys(model: nn.Module) -> list[str]:
     """The state_dict keys of the learned CB scales (empty for parameter-free CB variants)."""
     return sorted(f"{name}.scale" for name, m in model.named_modules()
                   if isinstance(m, ContextBroadcast) and m.scale is not None)
-
-
-def load_baseline_into_scaled_cb(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state_dict") -> None:
-    """Load a baseline (or unscaled CB) state_dict into a scaled CB variant, explicitly.
-
-    Everything must fit strictly except the learned CB scales, which a baseline cannot
-    hold; they are set to ones (the unscaled variant's function). Any other mismatch
-    raises the same error as a strict load.
-    """
-    from cbbench.models.checkpoint import load_state_dict_checked
-
-    scales = cb_scale_keys(model)
-    own = model.state_dict()
-    present = [k for k in scales if k in state]
-    if present:
-        raise ValueError(f"{source} already holds CB scales ({', '.join(present)}); load it strictly instead")
-    load_state_dict_checked(model, {**state, **{k: torch.ones_like(own[k]) for k in scales}}, source)

@@ -226,7 +226,7 @@ def cmd_ls(args) -> int:
                  for n, r in ZOO_RECIPES.items()]
         headers = ["recipe", "used by", "start", "epochs", "batch", "description"]
     else:
-        from cbbench.data.base import DATASETS
+        from cbbench.data.registry import DATASETS
 
         rows = [(n,) for n in DATASETS]
         headers = ["dataset"]
@@ -253,7 +253,7 @@ def cmd_datasets_check(args) -> int:
 
 
 def cmd_datasets_make_c(args) -> int:
-    from cbbench.corruptions.reference import ALL_CORRUPTIONS, SEVERITIES
+    from cbbench.corruptions.catalog import ALL_CORRUPTIONS, SEVERITIES
     from cbbench.data.make_c import make_c
     from cbbench.runner import pick_device
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy import special, stats
 
+from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS, HELDOUT_CORRUPTIONS
+
 __all__ = [
     "accuracy",
     "normalized_entropy",
@@ -22,8 +24,6 @@ __all__ = [
     "rms_calibration_error",
     "ALEXNET_ERR",
     "ALEXNET_CLEAN_ERR",
-    "BENCHMARK_CORRUPTIONS",
-    "HOLDOUT_CORRUPTIONS",
     "corruption_error",
     "relative_corruption_error",
     "mce",
@@ -204,18 +204,6 @@ ALEXNET_ERR: dict[str, tuple[float, float, float, float, float]] = {
 #: AlexNet clean ImageNet top-1 error, the baseline of the relative CE.
 ALEXNET_CLEAN_ERR = 0.4348
 
-#: The 15 corruptions averaged in mCE (noise, blur, weather, digital), in the usual order.
-BENCHMARK_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise",
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness",
-    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)
-
-#: Held-out (validation) corruptions: have AlexNet numbers but are excluded from mCE.
-HOLDOUT_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-
-
 def _severity_errors(errors_by_severity, corruption: str) -> np.ndarray:
     """Validate a corruption name and its 5 per-severity error fractions."""
     if corruption not in ALEXNET_ERR:
@@ -297,7 +285,7 @@ def mce_table(
     unknown = [c for c in errors if c not in ALEXNET_ERR]
     if unknown:
         raise ValueError(f"unknown corruptions: {', '.join(map(str, unknown))}")
-    order = [c for c in (*BENCHMARK_CORRUPTIONS, *HOLDOUT_CORRUPTIONS) if c in errors]
+    order = [c for c in (*BENCHMARK_CORRUPTIONS, *HELDOUT_CORRUPTIONS) if c in errors]
     table = {}
     for c in order:
         row = {

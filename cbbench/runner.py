@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 
 from cbbench import distributed
-from cbbench.data.base import DatasetMissingError, load_dataset
-from cbbench.errors import CellNotApplicable, StoreError
+from cbbench.data.registry import load_dataset
+from cbbench.errors import CellNotApplicable, DatasetMissingError, StoreError
 from cbbench.metrics import nonfinite_count
 from cbbench.models.build import load_model
 from cbbench.models.checkpoint import check_file
@@ -26,8 +26,10 @@ from cbbench.paths import results_dir as resolve_results_dir
 from cbbench.store import Store, cell_key
 from cbbench.suites import SUITES
 from cbbench.tasks import TASKS, TaskContext
-from cbbench.data.device_decode import decode_on_device, reads_image_files
+from cbbench.data.device_decode import decode_on_device
+from cbbench.data.folders import reads_image_files
 from cbbench.tasks.base import Pipeline, pipeline_key
+from cbbench.train import train_missing, trained_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,7 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 params = task.params()
                 if task.seeded_per_batch:  # its random draws follow the batch boundaries
                     params["batch_size"] = config.batch_size
-                if getattr(task, "uses_partner", False):  # e.g. transfer attacks: the source is part of the cell
+                if task.uses_partner:  # e.g. transfer attacks: the source is part of the cell
                     partner = partners.get(spec.name)
                     params["partner"] = f"{partner.spec.name}@{partner.weights_digest}" if partner else None
                 digest = model.weights_digest if model is not None else "unavailable"
@@ -199,7 +201,7 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 ident = dict(key=key, model=spec.name, model_spec=spec.to_dict(), weights_digest=digest,
                              task=task.name, task_version=task.version, task_params=params,
                              dataset=suite.dataset, limit=config.limit, seed=config.seed)
-                skip = unavailable.get(spec.name) or (missing if not getattr(task, "own_dataset", False) else None)
+                skip = unavailable.get(spec.name) or (missing if not task.own_dataset else None)
                 if skip is not None:
                     store.put(**ident, status="skipped", reason=skip)
                     outcome = CellOutcome(spec.name, task.name, "skipped", skip)
@@ -231,15 +233,15 @@ def _load_models(specs, dataset, device, config, say, progress=None, prebuilt=No
     if not distributed.is_main():
         distributed.barrier()  # rank 0 loads first: it trains demo models once, the others reuse them
     else:
-        from cbbench.train import train_missing
-
         train_missing(specs, config.checkpoints, device, config.data_root, say, progress)
     for spec in specs:
         say(f"loading model {spec.name}")
         try:
+            # a model train_missing left untrained (its data is missing) raises that reason here
+            trained = (trained_checkpoint(spec, config.checkpoints, device=device, data_root=config.data_root)
+                       if spec.weights == "train" and spec.name not in (prebuilt or {}) else None)
             models[spec.name] = (prebuilt[spec.name].to(device) if spec.name in (prebuilt or {}) else
-                                 load_model(spec, device=device, checkpoint_dir=config.checkpoints,
-                                            data_root=config.data_root))
+                                 load_model(spec, device=device, checkpoint_dir=config.checkpoints, trained=trained))
         except FileNotFoundError as exc:
             unavailable[spec.name] = f"weights unavailable: {exc}"
             say(f"  skipping {spec.name}: {exc}")

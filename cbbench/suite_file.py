@@ -151,7 +151,7 @@ def _coerce(value, hint, field: str):
 
             parse_pixel_value(text, "epsilon" if field == "epsilons" else field)  # "2/255" parsed, range [0, 1] checked
         if field == "corruptions":
-            from cbbench.corruptions.reference import ALL_CORRUPTIONS
+            from cbbench.corruptions.catalog import ALL_CORRUPTIONS
 
             if text not in ALL_CORRUPTIONS:
                 close = difflib.get_close_matches(text, ALL_CORRUPTIONS, n=1)
@@ -212,7 +212,7 @@ def read_suite_file(path: str | Path) -> Suite:
     if name in SUITES:
         raise SuiteFileError(f"{where}: name {name!r} is a built-in suite; choose another name, so that its "
                              "report does not mix with the built-in one")
-    from cbbench.data.base import DATASETS
+    from cbbench.data.registry import DATASETS
 
     if data["dataset"] not in DATASETS:
         raise SuiteFileError(f"{where}: dataset: {DATASETS.unknown_message(str(data['dataset']))}")

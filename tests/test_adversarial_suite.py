@@ -20,7 +20,8 @@ from torch import nn
 import cbbench.attacks.autoattack as aa_adapter
 from cbbench.attacks.linf import GradientMaskingError
 from cbbench.cb import add_context_broadcasting
-from cbbench.data.base import TensorDataset, load_dataset
+from cbbench.data.base import TensorDataset
+from cbbench.data.registry import load_dataset
 from cbbench.data.digits import load_digits_split
 from cbbench.models.build import Normalized
 from cbbench.store import pack, unpack

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cbbench.cb import ContextBroadcast, add_context_broadcasting, cb_scale_keys, has_context_broadcasting
-from cbbench.cb import load_baseline_into_scaled_cb
+from cbbench.models.checkpoint import load_baseline_into_scaled_cb
 from cbbench.errors import CheckpointError
 from cbbench.models.build import Normalized, build_network, load_model
 from cbbench.models.checkpoint import load_state_dict_checked, weights_digest
@@ -391,7 +391,7 @@ def test_zoo_ablation_models_pair_with_their_same_seed_baseline():
 
 @pytest.mark.parametrize("position", ["attn", "both"])
 def test_attention_hooks_see_the_softmax_of_an_attention_position_variant(position):
-    from cbbench.data.base import load_dataset
+    from cbbench.data.registry import load_dataset
     from cbbench.tasks import TASKS, TaskContext
     from cbbench.tasks.attention import attention_modules, record_attention
 

@@ -50,7 +50,7 @@ def test_default_suite_writes_a_leaderboard_with_every_task(first_run):
 
 def test_trained_demo_models_are_decent(demo_checkpoints):
     from cbbench.data.digits import load_digits_split
-    from cbbench.models.build import load_model
+    from cbbench import load_model  # trains on first use
 
     x, y = load_digits_split("test")
     for name in ("demo_vit", "demo_vit_cb"):

@@ -23,10 +23,9 @@ import pytest
 import torch
 
 from cbbench.corruptions import blur, digital, weather
+from cbbench.corruptions.catalog import ALL_CORRUPTIONS, SEVERITIES
 from cbbench.corruptions.engine import PARAMETERS, corrupt
 from cbbench.corruptions.reference import (
-    ALL_CORRUPTIONS,
-    SEVERITIES,
     _image_seed,
     reference_corrupt,
     reference_module,

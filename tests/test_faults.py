@@ -23,7 +23,8 @@ import pytest
 import torch
 from torch import nn
 
-from cbbench.data.base import TensorDataset, load_dataset
+from cbbench.data.base import TensorDataset
+from cbbench.data.registry import load_dataset
 from cbbench.store import Store
 from cbbench.tasks import TASKS
 from cbbench.tasks import base as tasks_base

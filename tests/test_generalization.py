@@ -8,7 +8,7 @@ import torch
 import cbbench.tasks.calibration  # noqa: F401  (registers "calibration")
 import cbbench.tasks.transfer_learning as tl
 from cbbench.corruptions.reference import reference_corrupt
-from cbbench.data.base import load_dataset
+from cbbench.data.registry import load_dataset
 from cbbench.data.downstream import DOWNSTREAM, _load_cached, input_size, load_downstream
 from cbbench.errors import DatasetMissingError
 from cbbench.metrics import expected_calibration_error, rms_calibration_error

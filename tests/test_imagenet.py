@@ -9,11 +9,11 @@ from torch import nn
 from torchvision import transforms
 
 from cbbench import metrics
+from cbbench.corruptions import catalog
 from cbbench.data import classes
-from cbbench.data.base import DATASETS, load_dataset
+from cbbench.data.registry import DATASETS, load_dataset
 from cbbench.data.check import check_datasets
 from cbbench.data.imagenet import LAYOUTS, ImageNetC
-from cbbench.data import imagenet as inet
 from cbbench.data.transforms import eval_transform_for, normalization_for
 from cbbench.errors import DatasetMissingError
 from cbbench.models.build import Normalized
@@ -130,8 +130,6 @@ def test_class_lists_and_corruption_names():
     assert classes.imagenet_class_names()[:2] == ("tench", "goldfish")
     assert classes.subset_indices(A)[:5] == (6, 11, 13, 15, 17)
     assert classes.subset_indices(R)[:5] == (1, 2, 4, 6, 8)
-    assert inet.BENCHMARK_CORRUPTIONS == metrics.BENCHMARK_CORRUPTIONS
-    assert inet.HOLDOUT_CORRUPTIONS == metrics.HOLDOUT_CORRUPTIONS
     assert set(DATASETS) >= {"imagenet_val", "imagenet_c", "imagenet_a", "imagenet_r", "imagenet_sketch",
                              "imagenet_v2"}
 
@@ -336,13 +334,13 @@ def test_imagenet_c_aggregation_on_hand_set_errors(full_c):
     # CE by hand: sum of errors over the sum of AlexNet's errors for that corruption.
     assert m["ce/gaussian_noise"] == pytest.approx(5.0 / (0.69528 + 0.82542 + 0.93554 + 0.98138 + 0.99452))
     assert m["ce/brightness"] == pytest.approx(2.0 / (0.45140 + 0.48502 + 0.54048 + 0.62166 + 0.72440))
-    ces = [sum(errors[c]) / sum(metrics.ALEXNET_ERR[c]) for c in metrics.BENCHMARK_CORRUPTIONS]
+    ces = [sum(errors[c]) / sum(metrics.ALEXNET_ERR[c]) for c in catalog.BENCHMARK_CORRUPTIONS]
     assert m["mce"] == pytest.approx(np.mean(ces))  # held-out ones excluded
     assert m["ce/spatter"] == pytest.approx(2.5 / sum(metrics.ALEXNET_ERR["spatter"]))
     rel = [sum(e - 0.5 for e in errors[c]) / sum(a - 0.4348 for a in metrics.ALEXNET_ERR[c])
-           for c in metrics.BENCHMARK_CORRUPTIONS]
+           for c in catalog.BENCHMARK_CORRUPTIONS]
     assert m["clean_error"] == 0.5 and m["relative_mce"] == pytest.approx(np.mean(rel))
-    bench = [e for c in metrics.BENCHMARK_CORRUPTIONS for e in errors[c]]
+    bench = [e for c in catalog.BENCHMARK_CORRUPTIONS for e in errors[c]]
     assert m["mean_error"] == pytest.approx(np.mean(bench)) and m["mean_accuracy"] == pytest.approx(1 - np.mean(bench))
     assert result.samples["correct"].shape == (2,)
     assert result.samples["correct"].mean() == pytest.approx(m["mean_accuracy"])
@@ -525,10 +523,10 @@ def test_imagenet_c_aggregation_reproduces_robustbench_published_resnet50():
     task = itasks.ImageNetCTask(holdout=())
     parts = {"clean": part(0.7652)}  # RobustBench's clean accuracy of the same model (Standard_R50.json)
     parts.update({key: part(acc) for key, acc in accuracy.items()})
-    m = task._aggregate(parts, list(metrics.BENCHMARK_CORRUPTIONS), []).metrics
+    m = task._aggregate(parts, list(catalog.BENCHMARK_CORRUPTIONS), []).metrics
     assert round(100 * m["mean_accuracy"], 2) == 38.12  # the published aggregate
     by_hand = np.mean([sum(1 - accuracy[(c, s)] for s in range(1, 6)) / sum(metrics.ALEXNET_ERR[c])
-                       for c in metrics.BENCHMARK_CORRUPTIONS])
+                       for c in catalog.BENCHMARK_CORRUPTIONS])
     assert m["mce"] == pytest.approx(by_hand, abs=1e-9)
     assert abs(100 * m["mce"] - 76.7) < 2.5
     assert m["relative_mce"] == pytest.approx(1.1044, abs=1e-3)
@@ -550,3 +548,15 @@ def test_sharded_batches_decode_only_their_own_files(root):
     corrupt = load()
     list(corrupt.batches(3, transform=T32))
     assert set(shards[0][1]) | set(shards[1][1]) == set(corrupt.corrupt) and not set(shards[0][1]) & set(shards[1][1])
+
+
+def test_imagenet_tasks_keep_their_cell_keys():
+    """Version, key parameters and protocol of the ImageNet tasks, as saved before they became one table-driven
+    class: a change here changes their cell keys (bump the version and say so in the README instead)."""
+    import json
+    from pathlib import Path
+
+    saved = json.loads((Path(__file__).parent / "data" / "imagenet_task_identity.json").read_text())
+    now = {name: [TASKS.get(name).version, TASKS.get(name).params(), TASKS.get(name).protocol] for name in saved}
+    assert json.loads(json.dumps(now, default=str)) == saved
+    assert {n for n in TASKS if n.startswith("imagenet")} == set(saved)

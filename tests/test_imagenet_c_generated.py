@@ -8,15 +8,16 @@ from PIL import Image
 from torch import nn
 
 from cbbench import metrics
+from cbbench.corruptions import catalog
+from cbbench.corruptions.apply import clear_cache, corrupt_batch_cached
 from cbbench.corruptions.engine import corrupt
 from cbbench.corruptions.reference import reference_corrupt
 from cbbench.data import classes
-from cbbench.data.base import load_dataset
+from cbbench.data.registry import load_dataset
 from cbbench.data.imagenet import LAYOUTS
 from cbbench.data.make_c import jpeg_roundtrip, make_c
 from cbbench.tasks import TASKS, TaskContext
 from cbbench.tasks import imagenet_c_generated as gen
-from cbbench.tasks.corruptions import _cache
 from tests.test_imagenet import T32, save
 
 WNIDS = classes.imagenet_wnids()
@@ -26,7 +27,7 @@ WNIDS = classes.imagenet_wnids()
 def _no_dataset_env(monkeypatch):
     for layout in LAYOUTS.values():
         monkeypatch.delenv(layout.env, raising=False)
-    _cache.clear()
+    clear_cache()
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +104,15 @@ def test_cells_are_the_engine_applied_to_imagenet_c_crop_of_val(val_root):
 
 def test_full_grid_gives_the_mce_of_the_measured_errors(val_root, monkeypatch):
     """With corruptions that change nothing, every cell has the clean error: mCE follows by hand."""
-    monkeypatch.setattr(gen, "_corrupted", lambda dataset, x, idx, c, s, seed, engine: x)
+    monkeypatch.setattr(gen, "corrupt_batch_cached", lambda dataset, x, idx, c, s, seed, engine: x)
     task = TASKS.get("imagenet_c_generated")
     result = task.evaluate(Recorder(), ctx_for(val_root))
     m = result.metrics
     labels = [3, 7, 500]  # bright a (class 3) right, dark grey c (class 7) right, dark d (class 500) wrong
     err = 1 / len(labels)
-    for c in metrics.BENCHMARK_CORRUPTIONS + metrics.HOLDOUT_CORRUPTIONS:
+    for c in catalog.ALL_CORRUPTIONS:
         assert m[f"error/{c}/1"] == pytest.approx(err)
-    want = np.mean([5 * err / sum(metrics.ALEXNET_ERR[c]) for c in metrics.BENCHMARK_CORRUPTIONS])
+    want = np.mean([5 * err / sum(metrics.ALEXNET_ERR[c]) for c in catalog.BENCHMARK_CORRUPTIONS])
     assert m["mce"] == pytest.approx(want)
     assert m["mean_error"] == pytest.approx(err) and m["mean_accuracy"] == pytest.approx(1 - err)
     assert result.samples["correct"].tolist() == [1.0, 1.0, 0.0]
@@ -132,11 +133,9 @@ def test_missing_val_is_a_skip_with_the_tree(tmp_path):
 
 
 def test_reference_engine_seeds_each_image_by_its_index_across_gaps():
-    from cbbench.tasks.corruptions import _corrupted
-
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    full = _corrupted("d", x, torch.arange(3), "gaussian_noise", 1, 4, "imagecorruptions-1.1.2")
-    gap = _corrupted("d", x[[0, 2]], torch.tensor([0, 2]), "gaussian_noise", 1, 4, "imagecorruptions-1.1.2")
+    full = corrupt_batch_cached("d", x, torch.arange(3), "gaussian_noise", 1, 4, "imagecorruptions-1.1.2")
+    gap = corrupt_batch_cached("d", x[[0, 2]], torch.tensor([0, 2]), "gaussian_noise", 1, 4, "imagecorruptions-1.1.2")
     assert torch.equal(gap, full[[0, 2]])  # image 2 gets the noise of index 2 whether or not image 1 decoded
 
 

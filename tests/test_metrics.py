@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cbbench import metrics as M
+from cbbench.corruptions import catalog
 
 
 # ---------------------------------------------------------------------------
@@ -117,8 +118,8 @@ def test_rms_matches_reference_loop():
 # ---------------------------------------------------------------------------
 
 def test_alexnet_table():
-    assert len(M.BENCHMARK_CORRUPTIONS) == 15 and len(set(M.BENCHMARK_CORRUPTIONS)) == 15
-    assert set(M.ALEXNET_ERR) == set(M.BENCHMARK_CORRUPTIONS) | set(M.HOLDOUT_CORRUPTIONS)
+    assert len(catalog.BENCHMARK_CORRUPTIONS) == 15 and len(set(catalog.BENCHMARK_CORRUPTIONS)) == 15
+    assert set(M.ALEXNET_ERR) == set(catalog.BENCHMARK_CORRUPTIONS) | set(catalog.HELDOUT_CORRUPTIONS)
     assert all(len(v) == 5 for v in M.ALEXNET_ERR.values())
     # published per-corruption averages
     for c, avg in {"gaussian_noise": 0.886428, "brightness": 0.564592, "saturate": 0.658248}.items():
@@ -129,7 +130,7 @@ def test_mce_alexnet_is_100():
     errors = {c: list(v) for c, v in M.ALEXNET_ERR.items()}
     assert M.mce(errors) == pytest.approx(100.0, abs=1e-10)
     assert M.relative_mce(errors, M.ALEXNET_CLEAN_ERR) == pytest.approx(100.0, abs=1e-10)
-    for c in M.BENCHMARK_CORRUPTIONS:
+    for c in catalog.BENCHMARK_CORRUPTIONS:
         assert M.corruption_error(errors[c], c) == pytest.approx(1.0, abs=1e-12)
 
 
@@ -152,7 +153,7 @@ def test_mce_hand_computed():
     assert M.relative_mce(rel, clean) == pytest.approx(100 * (14 * 0.5 + 1) / 15, abs=1e-10)
     assert M.relative_corruption_error(rel["fog"], clean, "fog") == pytest.approx(1.0, abs=1e-12)
     table = M.mce_table(rel, clean)
-    assert list(table)[:15] == list(M.BENCHMARK_CORRUPTIONS)
+    assert list(table)[:15] == list(catalog.BENCHMARK_CORRUPTIONS)
     assert table["fog"]["relative_ce"] == pytest.approx(100.0)
     assert table["fog"]["ce"] == pytest.approx(100 * M.corruption_error(rel["fog"], "fog"))
 

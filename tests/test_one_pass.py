@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from cbbench.data.base import load_dataset
+from cbbench.corruptions.apply import clear_cache
+from cbbench.data.registry import load_dataset
 from cbbench.store import Store
 from cbbench.tasks import TASKS, TaskContext
 from cbbench.tasks import base, calibration, corruptions, epsilon_sweep, imagenet_c_generated
 from cbbench.tasks.base import run_batches
-from cbbench.tasks.corruptions import _cache
 from tests.test_imagenet_c_generated import Recorder, ctx_for, val_root  # noqa: F401 (a fixture)
 from tests.test_stream import store_context
 
@@ -69,7 +69,7 @@ def both_orders(task, model, make_ctx, monkeypatch, *modules):
     """(one-pass result, reads), (per-cell result, reads) of ``task``, each from an empty corruption cache."""
     results = []
     for order in ("one pass", "per cell"):
-        _cache.clear()
+        clear_cache()
         if order == "per cell":
             per_cell(monkeypatch, *modules)
         ctx = make_ctx()
@@ -117,7 +117,7 @@ def test_generated_imagenet_c_decodes_val_once_for_all_cells_with_the_per_cell_n
     monkeypatch.setattr(imagenet_c_generated, "imagenet_c_crop", counting_crop)
     one = task.evaluate(model, ctx_for(val_root, seed=5))
     one_pass_decodes = len(decoded)
-    _cache.clear()
+    clear_cache()
     per_cell(monkeypatch, imagenet_c_generated)
     ref = task.evaluate(Recorder(), ctx_for(val_root, seed=5))
     assert_identical(one, ref)

@@ -14,13 +14,8 @@ import pytest
 import torch
 
 from cbbench.corruptions import reference as ref
-from cbbench.corruptions.reference import (
-    ALL_CORRUPTIONS,
-    BENCHMARK_CORRUPTIONS,
-    HELDOUT_CORRUPTIONS,
-    SEVERITIES,
-    reference_corrupt,
-)
+from cbbench.corruptions.catalog import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, HELDOUT_CORRUPTIONS, SEVERITIES
+from cbbench.corruptions.reference import reference_corrupt
 
 IMAGENET_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
 

@@ -12,6 +12,7 @@ from cbbench.report.leaderboard import render_suite
 from cbbench.store import Store
 
 GOLDEN = Path(__file__).parent / "golden" / "report.md"
+DETAILS_GOLDEN = Path(__file__).parent / "golden" / "report_details.md"
 PROVENANCE = {"versions": {"cbbench": "0.1.0", "torch": "2.x"}, "python": "3.11", "device": "cpu (x86_64)",
               "threads": 2, "date": "2026-01-01T00:00:00+00:00", "num_params": 150_000}
 
@@ -25,8 +26,9 @@ def put(store, run_id, pos, model, task, metrics, samples, params=None):
     store.add_run_cell(run_id, pos, key, model, task)
 
 
-def fixed_store(path, models=None) -> Store:
-    """Two seeds per arm; CB is right on 2 more images out of 8 for seed 0, 1 more for seed 1."""
+def fixed_store(path, models=None, details=False) -> Store:
+    """Two seeds per arm; CB is right on 2 more images out of 8 for seed 0, 1 more for seed 1. ``details``: also
+    a corruption, two attack and a cost cell per model, which have detail tables (``Task.details``)."""
     store = Store(path)
     run_id = store.start_run("fixture", {"suite": "fixture", "seed": 0})
     rng = np.random.default_rng(0)
@@ -48,8 +50,30 @@ def fixed_store(path, models=None) -> Store:
              "entropy/layer0": 0.8, "entropy/layer1": float(entropy.mean())},
             {"entropy": entropy, "correct": correct})
         pos += 1
+        if details:
+            pos = _detail_cells(store, run_id, pos, model, correct)
     store.finish_run(run_id)
     return store
+
+
+def _detail_cells(store, run_id, pos, model, correct) -> int:
+    cb = 0.1 if "cb" in model else 0.0
+    corruption = {f"accuracy/{c}/{s}": a + cb for c, accs in {"gaussian_noise": (0.6, 0.4), "pixelate": (0.3, 0.5)}.items()
+                  for s, a in zip((1, 2), accs)}
+    corruption.update({"accuracy/gaussian_noise": 0.5 + cb, "accuracy/pixelate": 0.4 + cb, "mean_accuracy": 0.45 + cb})
+    put(store, run_id, pos, model, "corruptions", corruption, {"correct": correct.astype(float) * 0.5},
+        {"corruptions": ["gaussian_noise", "pixelate"], "severities": [1, 2], "engine": "imagecorruptions-1.1.2",
+         "task_name": ""})
+    for i, (task, params) in enumerate((("fgsm", {"attack": "fgsm", "eps": "1/255"}),
+                                        ("pgd", {"attack": "pgd", "eps": "1/255", "steps": 5}))):
+        put(store, run_id, pos + 1 + i, model, task, {"accuracy": 0.25 + cb + 0.01 * i, "clean_accuracy": correct.mean(),
+                                                      "attack_success_rate": 0.5 - cb},
+            {"correct": correct & (np.arange(8) < 2), "clean_correct": correct}, params)
+    put(store, run_id, pos + 3, model, "cost",
+        {"num_params": 150_000 + 64 * ("cb" in model), "images_per_second": 1000.0 - 50 * ("cb" in model),
+         "partner_images_per_second": 950.0 + 50 * ("cb" in model), "throughput_ratio": 1.05 - 0.1 * ("cb" in model),
+         "extra_params": 64.0 if "cb" in model else -64.0}, {}, {"repeats": 30, "warmup": 3})
+    return pos + 4
 
 
 def test_rendered_report_matches_the_golden_file(tmp_path):
@@ -58,6 +82,29 @@ def test_rendered_report_matches_the_golden_file(tmp_path):
     if os.environ.get("CBBENCH_UPDATE_GOLDEN"):
         GOLDEN.write_text(markdown)
     assert markdown == GOLDEN.read_text(), "rendering changed: review, then CBBENCH_UPDATE_GOLDEN=1 pytest ..."
+
+
+def test_task_detail_tables_match_the_golden_file(tmp_path):
+    """Each task's detail section (corruption severities and the digits notes, the adversarial table and its
+    note, cost, attention per layer) as rendered before the sections moved into the tasks' ``details`` hooks."""
+    with fixed_store(tmp_path, models=["demo_vit", "demo_vit_cb"], details=True) as store:
+        markdown = render_suite(store, "fixture").markdown
+    details = markdown[markdown.index("## `corruptions`"):markdown.index("## Protocols")]
+    if os.environ.get("CBBENCH_UPDATE_GOLDEN"):
+        DETAILS_GOLDEN.write_text(details)
+    assert details == DETAILS_GOLDEN.read_text(), "rendering changed: review, then CBBENCH_UPDATE_GOLDEN=1 pytest ..."
+
+
+def test_the_report_reads_task_declarations_and_names_no_task():
+    import cbbench.report
+    from cbbench.tasks import TASKS
+    from cbbench.tasks.base import KINDS
+
+    assert {name: task.kind for name, task in TASKS.items() if task.kind not in KINDS} == {}
+    for module in ("leaderboard", "plots"):
+        source = (Path(cbbench.report.__file__).parent / f"{module}.py").read_text()
+        assert "isinstance(TASKS" not in source and "getattr(task" not in source
+        assert [n for n in TASKS if f'== "{n}"' in source or f'"{n}" in ' in source] == [], module
 
 
 def test_delta_and_mcnemar_are_the_hand_computed_ones(tmp_path):
@@ -131,7 +178,7 @@ def test_a_claims_metric_is_worded_from_the_protocol_the_cells_were_run_with():
                                         {"accuracy": 0.5 + 0.1 * ("cb" in m)}, {}, None, 0.0)
                        for m in specs}
 
-    specs, cells = cells_for(TASKS.get("pgd").params())
+    specs, cells = cells_for({**TASKS.get("pgd").params(), "batch_size": 128})  # the runner adds batch_size
     assert judge_claims(cells, specs)[0].label == "PGD-5 robust accuracy"
     specs, cells = cells_for({**TASKS.get("pgd").params(), "eps": "2/255", "steps": 20})
     assert judge_claims(cells, specs)[0].label == "PGD-20 (ε 2/255) robust accuracy"

@@ -6,13 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS as CORRUPTIONS
+from cbbench.corruptions.catalog import SEVERITIES
 from cbbench.report import plots
 from cbbench.store import Cell
 
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-               "jpeg_compression")
-SEVERITIES = (1, 2, 3, 4, 5)
 ATTACKS = (("fgsm", "fgsm", "1/255"), ("pgd", "pgd", "1/255"), ("pgd_strong", "pgd", "4/255"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

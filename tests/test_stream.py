@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cbbench.data.base import load_dataset
+from cbbench.data.registry import load_dataset
 from cbbench.data.folders import ImageFolderDataset
 from cbbench.store import Store
 from cbbench.tasks.base import TaskContext, run_batches

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from cbbench.data.base import TensorDataset, load_dataset
+from cbbench.data.base import TensorDataset
+from cbbench.data.registry import load_dataset
 from cbbench.models.build import Normalized
 from cbbench.tasks import TASKS, TaskContext
 from cbbench.tasks.attention import record_attention

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cbbench.cli import main
-from cbbench.data.base import load_dataset
+from cbbench.data.registry import load_dataset
 from cbbench.data.downstream import _load_cached
 from cbbench.errors import DatasetMissingError
 from cbbench.models.zoo import MODELS
@@ -119,7 +119,7 @@ def test_eval_datasets_are_the_test_splits_as_unit_floats(fake_root, fake_md5):
 
 
 def test_cifar_training_is_deterministic_and_reaches_load_model_with_the_data_root(fake_root, fake_md5, tmp_path):
-    from cbbench.models.build import load_model
+    from cbbench import load_model  # trains on first use
     from cbbench.train import checkpoint_path
 
     root = fake_root[0]

@@ -21,22 +21,11 @@ import numpy as np
 import torch
 
 from cbbench.corruptions import blur, digital, noise, weather
-from cbbench.corruptions.reference import (
-    ALL_CORRUPTIONS,
-    BENCHMARK_CORRUPTIONS,
-    HELDOUT_CORRUPTIONS,
-    SEVERITIES,
-    _check_name,
-    _check_severity,
-    check_batch,
-)
+from cbbench.corruptions.catalog import ALL_CORRUPTIONS
+from cbbench.corruptions.reference import _check_name, _check_severity, check_batch
 
 __all__ = [
-    "ALL_CORRUPTIONS",
-    "BENCHMARK_CORRUPTIONS",
-    "HELDOUT_CORRUPTIONS",
     "PARAMETERS",
-    "SEVERITIES",
     "corrupt",
     "engine_threads",
 ]

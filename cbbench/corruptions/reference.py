@@ -114,41 +114,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cbbench.corruptions.catalog import ALL_CORRUPTIONS, SEVERITIES
+
 __all__ = [
-    "ALL_CORRUPTIONS",
-    "BENCHMARK_CORRUPTIONS",
-    "HELDOUT_CORRUPTIONS",
     "REFERENCE_PACKAGE_VERSION",
-    "SEVERITIES",
     "reference_corrupt",
     "reference_module",
 ]
-
-BENCHMARK_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-HELDOUT_CORRUPTIONS: tuple[str, ...] = (
-    "speckle_noise",
-    "gaussian_blur",
-    "spatter",
-    "saturate",
-)
-ALL_CORRUPTIONS: tuple[str, ...] = BENCHMARK_CORRUPTIONS + HELDOUT_CORRUPTIONS
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 REFERENCE_PACKAGE_VERSION = "1.1.2"
 MIN_SIZE = 32

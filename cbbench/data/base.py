@@ -1,14 +1,10 @@
-"""Evaluation datasets: what a task iterates over, and the registry of them."""
+"""Evaluation datasets: what a task iterates over (the registry is cbbench.data.registry)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
-
-from cbbench.registry import Registry
-
 
 from cbbench.errors import DatasetMissingError  # noqa: F401 (re-exported)
 
@@ -36,26 +32,3 @@ class TensorDataset:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             yield self.images[start:stop], self.labels[start:stop], torch.arange(start, stop)
-
-
-# name -> factory(data_root or None) -> dataset
-DATASETS: Registry[Callable[[Path | None], TensorDataset]] = Registry("dataset")
-
-
-def _digits_test(data_root: Path | None) -> TensorDataset:
-    from cbbench.data.digits import NUM_CLASSES, load_digits_split
-
-    x, y = load_digits_split("test")
-    return TensorDataset("digits", x, y, NUM_CLASSES,
-                         "scikit-learn digits test split (360 images, 8x8 upsampled to 32x32, 3 channels)")
-
-
-DATASETS.register("digits", _digits_test)
-
-
-def load_dataset(name: str, data_root: Path | None = None) -> TensorDataset:
-    return DATASETS.get(name)(data_root)
-
-
-# Importing the ImageNet family and CIFAR registers their datasets (they import this module, so they come last).
-from cbbench.data import cifar, imagenet  # noqa: E402,F401

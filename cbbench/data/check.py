@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cbbench.corruptions.catalog import ALL_CORRUPTIONS, HELDOUT_CORRUPTIONS, SEVERITIES
 from cbbench.data import classes
 from cbbench.data.folders import list_class_folders
-from cbbench.data.imagenet import ALL_CORRUPTIONS, HOLDOUT_CORRUPTIONS, LAYOUTS, SEVERITIES, V2_LABELS, dataset_dir
+from cbbench.data.imagenet import LAYOUTS, V2_LABELS, dataset_dir
 
 COLUMNS = ("dataset", "status", "images", "expected", "classes", "path", "detail")
 
@@ -122,7 +123,7 @@ def _check_imagenet_c(root: Path, exp: Expected, path_col: str) -> dict:
     detail = []
     if absent_cells:
         absent_corr = [c for c in ALL_CORRUPTIONS if all(f"{c}/{s}" in absent_cells for s in SEVERITIES)]
-        if absent_corr and set(absent_corr) <= set(HOLDOUT_CORRUPTIONS) and len(absent_cells) == 5 * len(absent_corr):
+        if absent_corr and set(absent_corr) <= set(HELDOUT_CORRUPTIONS) and len(absent_cells) == 5 * len(absent_corr):
             detail.append(f"held-out corruption(s) missing ({', '.join(absent_corr)}; not needed for the mCE)")
         else:
             detail.append(f"{len(absent_cells)} cell(s) missing ({_fmt_list(absent_cells)})")

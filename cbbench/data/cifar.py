@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cbbench.data.base import DATASETS
 from cbbench.data.downstream import DOWNSTREAM, ResizedTensorDataset, load_downstream
 from cbbench.errors import DatasetMissingError
 
@@ -60,5 +59,5 @@ def _test_split(name: str):
     return load
 
 
-for _name in CIFAR:
-    DATASETS.register(_name, _test_split(_name))
+# name -> factory of its test split (registered by cbbench.data.registry)
+FACTORIES = {_name: _test_split(_name) for _name in CIFAR}

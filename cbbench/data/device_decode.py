@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from cbbench.data.folders import _decode_errors, load_rgb
+from cbbench.data.decode import decode_errors, load_rgb
 
 #: Eval-transform steps that run on tensors as on PIL images (everything else must stay on the PIL path).
 TENSOR_STEPS = ("Resize", "CenterCrop")
@@ -109,7 +109,7 @@ class DeviceDecoder:
             try:
                 images.append(pil_decode(raw).to(self.device))
                 self.fallbacks[i] = reason
-            except _decode_errors() as exc:
+            except decode_errors() as exc:
                 images.append(None)
                 bad.append((i, f"{exc.__class__.__name__}: {exc}"))
         return images
@@ -151,11 +151,3 @@ def decode_on_device(choice: str, device: torch.device) -> bool:
         raise ValueError(f"--decode gpu needs a CUDA device (the evaluation runs on {device}); use --decode cpu "
                          "or auto")
     return choice == "gpu" or (choice == "auto" and on_cuda)
-
-
-def reads_image_files(task, dataset) -> bool:
-    """Whether a cell decodes image files (an ImageNet-style task, or a suite dataset read from folders): only
-    there does the decoder change pixels, so only there does ``--decode gpu`` enter the cell key."""
-    from cbbench.data.folders import ImageFolderDataset
-
-    return bool(getattr(task, "own_dataset", False)) or isinstance(dataset, ImageFolderDataset)

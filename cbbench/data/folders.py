@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from cbbench.data.decode import decode_errors, load_rgb
+
 log = logging.getLogger(__name__)
 
 #: File name endings read as images (lower-cased before the comparison).
@@ -80,22 +82,6 @@ def list_class_folders(root: Path) -> tuple[dict[str, list[str]], list[str]]:
     return folders, sorted(loose)
 
 
-def load_rgb(path: str | Path):
-    """Decode an image file to an RGB PIL image (grayscale, CMYK, palette... converted)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
-def _decode_errors() -> tuple[type[BaseException], ...]:
-    from PIL import Image
-
-    # UnidentifiedImageError and "image file is truncated" are OSErrors; broken headers raise
-    # SyntaxError/ValueError in some plugins; absurdly large images raise DecompressionBombError.
-    return OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError
-
-
 class _Files(torch.utils.data.Dataset):
     """index -> (image tensor or None, label, index, error or None); runs inside DataLoader workers."""
 
@@ -108,7 +94,7 @@ class _Files(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             image = load_rgb(self.paths[i])
-        except _decode_errors() as exc:
+        except decode_errors() as exc:
             return None, int(self.labels[i]), i, f"{exc.__class__.__name__}: {exc}"
         # The transform runs outside the try: a bug in it is an error, not a corrupt file.
         x = self.transform(image)
@@ -246,6 +232,12 @@ class ImageFolderDataset:
             num_classes=num_classes, description=description, class_subset=class_subset,
             num_workers=self.num_workers,
         )
+
+
+def reads_image_files(task, dataset) -> bool:
+    """Whether a cell decodes image files (an ImageNet-style task, or a suite dataset read from folders): only
+    there does the decoder change pixels, so only there does ``--decode gpu`` enter the cell key."""
+    return task.own_dataset or isinstance(dataset, ImageFolderDataset)
 
 
 def scan_image_folders(root: Path, label_of: Mapping[str, int], *, name: str, num_classes: int,

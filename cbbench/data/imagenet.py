@@ -31,21 +31,10 @@ from pathlib import Path
 
 import torch
 
+from cbbench.corruptions.catalog import ALL_CORRUPTIONS
 from cbbench.data import classes
-from cbbench.data.base import DATASETS
 from cbbench.data.folders import ImageFolderDataset, list_class_folders, scan_image_folders
 from cbbench.errors import DatasetMissingError
-
-# The same names as cbbench.metrics (kept here too so that listing datasets does not import scipy;
-# tests/test_imagenet.py checks they agree).
-BENCHMARK_CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)
-HOLDOUT_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-ALL_CORRUPTIONS = (*BENCHMARK_CORRUPTIONS, *HOLDOUT_CORRUPTIONS)
-SEVERITIES = (1, 2, 3, 4, 5)
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -254,8 +243,7 @@ def imagenet_c(data_root: Path | None) -> ImageNetC:
     return tree
 
 
-for _name, _factory in [("imagenet_val", imagenet_val), ("imagenet_val_rb5000", imagenet_val_robustbench),
-                        ("imagenet_c", imagenet_c), ("imagenet_a", imagenet_a),
-                        ("imagenet_r", imagenet_r), ("imagenet_sketch", imagenet_sketch),
-                        ("imagenet_v2", imagenet_v2)]:
-    DATASETS.register(_name, _factory)
+# name -> factory (registered by cbbench.data.registry)
+FACTORIES = {"imagenet_val": imagenet_val, "imagenet_val_rb5000": imagenet_val_robustbench, "imagenet_c": imagenet_c,
+             "imagenet_a": imagenet_a, "imagenet_r": imagenet_r, "imagenet_sketch": imagenet_sketch,
+             "imagenet_v2": imagenet_v2}

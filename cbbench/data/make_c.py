@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from cbbench.corruptions.apply import check_engine, corrupt_batch
+
 JPEG_SETTINGS = {"quality": 85, "optimize": True}
 
 
@@ -102,7 +104,6 @@ def make_c(src: str | Path, out: str | Path, corruptions: Sequence[str], severit
     """Write ImageNet-C cells for the val folder ``src`` into ``out``; counts of written / existing / corrupt files."""
     from cbbench.data import classes
     from cbbench.data.folders import scan_image_folders
-    from cbbench.tasks.corruptions import check_engine, corrupt_batch
 
     check_engine(engine)
     src, out = Path(src).expanduser(), Path(out).expanduser()

@@ -153,12 +153,12 @@ def download_checkpoint(spec: ModelSpec, directory: Path) -> Path:
 
 
 def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu",
-               checkpoint_dir: str | Path | None = None, data_root: str | Path | None = None) -> Normalized:
+               checkpoint_dir: str | Path | None = None, trained: str | Path | None = None) -> Normalized:
     """Any zoo or ad-hoc model, built, with its weights, in eval mode, normalizing inside.
 
-    Demo and CIFAR models (weights="train") are trained on first use and cached in
-    ``checkpoint_dir`` (default: the user cache dir, or CBBENCH_CKPT); CIFAR ones read
-    their training data from ``data_root`` (default: CBBENCH_DATA).
+    Demo and CIFAR models (weights="train") load the checkpoint ``trained`` that cbbench's
+    training wrote (cbbench.train.checkpoint_path); this never trains: the runner and
+    ``cbbench.load_model`` train missing ones first.
     The returned module carries ``spec``, ``weights_digest`` and ``trained_on`` attributes.
     """
     spec = resolve(name_or_spec)
@@ -176,11 +176,14 @@ def load_model(name_or_spec: str | ModelSpec, device: str | torch.device = "cpu"
             path = resolve_checkpoint(spec, checkpoint_dir)
             load_state_dict_checked(net, read_state_dict(path), str(path))
         elif spec.weights == "train":
-            from cbbench.train import trained_checkpoint
-
-            path = trained_checkpoint(spec, checkpoint_dir, device=device, data_root=data_root)
-            load_state_dict_checked(net, read_state_dict(path), str(path))
-            trained_on = torch.load(path, map_location="cpu", weights_only=True).get("trained_on")
+            if trained is None or not Path(trained).is_file():
+                where = f" (no checkpoint at {trained})" if trained is not None else ""
+                raise FileNotFoundError(
+                    f"model {spec.name} is trained by cbbench and is not trained yet{where}: run "
+                    f"'cbbench train {spec.name}' or 'cbbench run' (which trains it first), or load it with "
+                    "cbbench.load_model, which trains it on first use")
+            load_state_dict_checked(net, read_state_dict(trained), str(trained))
+            trained_on = torch.load(trained, map_location="cpu", weights_only=True).get("trained_on")
     from cbbench.data.transforms import eval_transform_for
 
     model = Normalized(net, spec.mean, spec.std).eval().to(device)

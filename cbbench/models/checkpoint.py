@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cbbench.cb import cb_scale_keys
 from cbbench.errors import CheckpointError
 
 
@@ -54,8 +55,6 @@ def load_state_dict_checked(net: nn.Module, state: dict[str, torch.Tensor], sour
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                     for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or shapes:
-        from cbbench.cb import cb_scale_keys
-
         scales = set(cb_scale_keys(net))
         if missing and set(missing) <= scales and not unexpected and not shapes:  # named in full
             raise CheckpointError(
@@ -63,7 +62,7 @@ def load_state_dict_checked(net: nn.Module, state: dict[str, torch.Tensor], sour
                 f"CB_S): {len(missing)} missing key(s), exactly the scales: {'; '.join(missing)}. Every other key "
                 "fits: it is a baseline or unscaled-CB checkpoint. Pass a checkpoint trained with the scaled "
                 "variant, or start from this one explicitly with "
-                "cbbench.cb.load_baseline_into_scaled_cb(net, state) (scales set to ones)."
+                "cbbench.load_baseline_into_scaled_cb(net, state) (scales set to ones)."
             )
         parts = []
         for label, keys in (("mis-shaped", shapes), ("missing", missing), ("unexpected", unexpected)):
@@ -87,3 +86,18 @@ def weights_digest(net: nn.Module) -> str:
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()[:16]
+
+
+def load_baseline_into_scaled_cb(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state_dict") -> None:
+    """Load a baseline (or unscaled CB) state_dict into a scaled CB variant, explicitly.
+
+    Everything must fit strictly except the learned CB scales, which a baseline cannot
+    hold; they are set to ones (the unscaled variant's function). Any other mismatch
+    raises the same error as a strict load.
+    """
+    scales = cb_scale_keys(model)
+    own = model.state_dict()
+    present = [k for k in scales if k in state]
+    if present:
+        raise ValueError(f"{source} already holds CB scales ({', '.join(present)}); load it strictly instead")
+    load_state_dict_checked(model, {**state, **{k: torch.ones_like(own[k]) for k in scales}}, source)

@@ -131,9 +131,10 @@ def _label(claim: Claim, cell) -> str:
     from the cell's stored parameters (a suite file may set other steps, budgets or corruptions)."""
     from cbbench.tasks import TASKS
 
-    params = cell.task_params
-    if cell.task not in TASKS or json.dumps(params, sort_keys=True, default=list) == json.dumps(
-            TASKS.get(cell.task).params(), sort_keys=True, default=list):
+    registered = TASKS.get(cell.task).params() if cell.task in TASKS else {}
+    params = {k: v for k, v in cell.task_params.items() if k in registered}  # not the runner's batch_size, partner
+    if not registered or json.dumps(params, sort_keys=True, default=list) == json.dumps(
+            registered, sort_keys=True, default=list):
         return claim.label
     if params.get("attack") in ("pgd", "fgsm"):
         name = "FGSM" if params["attack"] == "fgsm" else f"PGD-{params.get('steps')}"

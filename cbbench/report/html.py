@@ -15,7 +15,12 @@ import re
 import tempfile
 from pathlib import Path
 
-from cbbench.report.leaderboard import SuiteReport, Table
+from typing import TYPE_CHECKING
+
+from cbbench.report.table import Table
+
+if TYPE_CHECKING:  # the leaderboard calls this module: a runtime import back would be a circle
+    from cbbench.report.leaderboard import SuiteReport
 
 VERDICTS = ("supported", "contradicted", "insufficient evidence", "no verdict")
 _FIGURE = re.compile(r"^!\[(?P<caption>.*)\]\((?P<path>[^)]+)\)$")

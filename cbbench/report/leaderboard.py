@@ -13,30 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
 from cbbench.metrics import cell_nonfinite, mcnemar_exact, paired_bootstrap_ci, seed_summary
 from cbbench.report.pairing import pair_of
 from cbbench.report.files import write_atomic, write_text
+from cbbench.report.table import Table
 from cbbench.store import Cell, Store
 from cbbench.tasks import TASKS
-
-DIGITS_NOTE = ("Digits are white strokes on black: fog, frost, snow, brightness and contrast wash them out, "
-               "so accuracy near chance (10%) at high severity there is expected, not a bug.")
-
+from cbbench.tasks.base import KINDS
 
 # What `cbbench run` and `cbbench report` write per suite; html is one self-contained page (plots inline).
 REPORT_FORMATS = ("md", "csv", "json", "html")
 PAIRED_COLUMNS = ("comparison", "task", "metric", "n", "Δ [95% CI]", "CB fixes / breaks", "McNemar p")
-
-
-class Table(list):
-    """Rows (dicts) that print as a GitHub markdown table. Keys starting with "_" are left out of the markdown:
-    ``_tones`` (column -> better / worse / inconclusive) lets the HTML page colour Δ cells without re-deriving them."""
-
-    def __str__(self) -> str:
-        return tabulate([{k: v for k, v in r.items() if not k.startswith("_")} for r in self],
-                        headers="keys", tablefmt="github", disable_numparse=True)
 
 
 def tone(low: float, high: float, higher_is_better: bool | None) -> str:
@@ -372,124 +360,18 @@ def _verdict_section(judged, seeded: bool) -> list[str]:
     return lines + [sentence(j) for j in judged] + [""]
 
 
-def _details(cells, models, tasks) -> list[str]:
-    from cbbench.tasks.corruptions import CorruptionTask
-
+def _details(cells, models, tasks) -> list:
+    """Each task's detail section (``Task.details``), from its stored cells. Tasks that share a hook (e.g. every
+    attack: one adversarial table) get one call with all their cells; sections follow the order of task KINDS."""
+    groups: dict = {}
+    for t in tasks:
+        if t in TASKS:
+            task = TASKS.get(t)
+            groups.setdefault(type(task).details, (task, []))[1].append(t)
     lines = []
-    for task in tasks:
-        if not isinstance(TASKS.get(task) if task in TASKS else None, CorruptionTask):
-            continue
-        ok = [(m, cells[(m, task)]) for m in models if (m, task) in cells and cells[(m, task)].status == "ok"]
-        if not ok:
-            continue
-        params = ok[0][1].task_params
-        per_severity = len(ok) <= 2  # more models: one mean per corruption, or the table gets unreadable
-        rows = []
-        for corruption in params["corruptions"]:
-            row = {"corruption": corruption}
-            for m, cell in ok:
-                if per_severity:
-                    for s in params["severities"]:
-                        row[f"{m} s{s}"] = f"{100 * cell.metrics[f'accuracy/{corruption}/{s}']:.1f}"
-                row[f"{m} mean" if per_severity else m] = f"{100 * cell.metrics[f'accuracy/{corruption}']:.1f}"
-            rows.append(row)
-        what = "per corruption and severity" if per_severity else "per corruption, mean over severities"
-        lines += [f"## `{task}`: top-1 (%) {what} ↑", "",
-                  f"Generated on the fly from the test images with {params.get('engine')} "
-                  "(not a precomputed -C set).", "",
-                  Table(rows), ""]
-        if ok[0][1].dataset == "digits":
-            lines += [DIGITS_NOTE, ""]
-            note = _pixelate_note(ok, params)
-            lines += [note, ""] if note else []
-    attacks = [t for t in tasks if t in TASKS and getattr(TASKS.get(t), "attack", None)]
-    if attacks:
-        rows = []
-        for t in attacks:
-            for m in models:
-                c = cells.get((m, t))
-                if c and c.status == "ok":
-                    rows.append({"task": t, "model": m, "clean (same images) ↑": f"{100 * c.metrics['clean_accuracy']:.1f}",
-                                 "robust ↑": f"{100 * c.metrics['accuracy']:.1f}",
-                                 "attack success on clean-correct ↓": f"{100 * c.metrics['attack_success_rate']:.1f}"})
-        if rows:
-            lines += ["## Adversarial: accuracy (%)", "",
-                      Table(rows), ""]
-            note = _attack_note(cells, models, attacks)
-            lines += [note, ""] if note else []
-    if "cost" in tasks:
-        rows = []
-        for m in models:
-            c = cells.get((m, "cost"))
-            if c and c.status == "ok":
-                mt = c.metrics
-                rows.append({"model": m, "parameters": f"{mt['num_params']:,.0f}",
-                             "extra vs pair": f"{mt['extra_params']:+,.0f}" if "extra_params" in mt else "–",
-                             "images/s": f"{mt['images_per_second']:.0f}",
-                             "pair images/s (interleaved)": f"{mt.get('partner_images_per_second', float('nan')):.0f}",
-                             "ratio ↑": f"{mt['throughput_ratio']:.3f}" if "throughput_ratio" in mt else "–"})
-        if rows:
-            lines += ["## Cost: parameters and inference throughput", "",
-                      "Each model is timed alternately with its pair on the same batch; on a busy machine the two "
-                      "ratios of a pair need not be reciprocal: read the spread as noise.", "",
-                      Table(rows), ""]
-    if "attention_entropy" in tasks:
-        ok = [(m, cells[(m, "attention_entropy")]) for m in models if (m, "attention_entropy") in cells
-              and cells[(m, "attention_entropy")].status == "ok"]
-        if ok:
-            layers = sorted(int(k.split("layer")[1]) for k in ok[0][1].metrics if k.startswith("entropy/layer"))
-            rows = [{"layer": i, **{m: f"{c.metrics[f'entropy/layer{i}']:.3f}" for m, c in ok}} for i in layers]
-            rows.append({"layer": "cos. to uniform", **{m: f"{c.metrics['mean_cosine_to_uniform']:.3f}" for m, c in ok}})
-            rows.append({"layer": "attn. on class token", **{m: f"{c.metrics['mean_cls_attention']:.3f}" for m, c in ok}})
-            lines += ["## Attention density: mean normalized entropy H/log N per layer", "",
-                      "1 = uniform attention, 0 = one-hot. The paper claims CB lowers it.", "",
-                      Table(rows), ""]
+    for task, names in sorted(groups.values(), key=lambda g: KINDS.index(g[0].kind)):
+        lines += task.details({(m, t): cells[(m, t)] for t in names for m in models if (m, t) in cells}, models)
     return lines
-
-
-def _pixelate_note(ok, params) -> str | None:
-    """Readers take a rise in accuracy with severity for a bug: say, from the data, why pixelate does that on digits."""
-    severities = list(params.get("severities", ()))
-    if "pixelate" not in params.get("corruptions", ()) or len(severities) < 2:
-        return None
-    from cbbench.corruptions.engine import PARAMETERS
-    from cbbench.data.digits import IMAGE_SIZE
-
-    for model, cell in ok:
-        acc = [cell.metrics.get(f"accuracy/pixelate/{s}") for s in severities]
-        if None in acc or not any(b - a > 0.05 for a, b in zip(acc, acc[1:])):  # rises > 5 pp with severity
-            continue
-        grids = [str(int(IMAGE_SIZE * PARAMETERS["pixelate"][1][s - 1])) for s in severities]
-        return (f"pixelate is not monotone in severity on digits ({model}: "
-                f"{', '.join(f'{100 * a:.1f}' for a in acc)} % at severities {', '.join(map(str, severities))}): "
-                f"it box-averages the {IMAGE_SIZE}x{IMAGE_SIZE} image to a grid of {', '.join(grids)} pixels and "
-                f"blows it back up, and on 8x8 digits upscaled {IMAGE_SIZE // 8}x how much of a stroke survives depends on how that "
-                "grid falls on the original pixels more than on how coarse it is.")
-    return None
-
-
-def _attack_note(cells, models, attacks) -> str | None:
-    """On digits attacks at one small ε give near-identical columns; say, from the data, by how much and why."""
-    by_eps: dict[str, list[str]] = {}
-    for t in attacks:
-        params = next((cells[(m, t)].task_params for m in models if (m, t) in cells), {})
-        if next(iter(cells.values())).dataset == "digits" and params.get("attack") in ("fgsm", "pgd"):
-            by_eps.setdefault(str(params.get("headline_eps", params.get("eps"))), []).append(t)
-    for eps, same in by_eps.items():
-        spreads = []
-        for m in models:
-            acc = [cells[(m, t)].metrics.get("accuracy") for t in same if (m, t) in cells
-                   and cells[(m, t)].status == "ok"]
-            if len(acc) == len(same) and None not in acc:
-                spreads.append(max(acc) - min(acc))
-        if len(same) < 2 or not spreads or max(spreads) > 0.02:  # only columns that look alike need the note
-            continue
-        return (f"At ε = {eps}, {', '.join(same)} differ by at most {100 * max(spreads):.1f} pp per model "
-                f"(identical for {sum(s == 0 for s in spreads)} of {len(spreads)}): a budget that small keeps each "
-                "model in its locally linear regime, so FGSM's single signed-gradient step already reaches the corner "
-                "of the ε-ball that the iterative attacks converge to, and the only images any of them breaks are "
-                "the few within about ε of the decision boundary.")
-    return None
 
 
 def _protocols(tasks, cells) -> list[str]:

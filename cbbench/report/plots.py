@@ -19,17 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cbbench.corruptions.catalog import FAMILIES
 from cbbench.report.pairing import pair_of
+from cbbench.tasks import TASKS
 
 DPI = 110
 
-# ImageNet-C families (Hendrycks & Dietterich, 2019), including the held-out corruptions.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
-    "weather": ("snow", "frost", "fog", "spatter", "brightness"),
-    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
-}
 _FAMILY_OF = {c: f for f, cs in FAMILIES.items() for c in cs}
 
 # Colour-blind-friendly (Okabe-Ito) colours: one per baseline/CB pair, one per corruption in a panel.
@@ -72,6 +67,12 @@ def _ok(cells, predicate) -> dict[str, object]:
         if c.status == "ok" and predicate(c):
             out[c.model] = c
     return out
+
+
+def _drawn_in(cells, figure: str) -> list[str]:
+    """The suite's tasks (sorted by name) that declare ``figure`` (``Task.figure``)."""
+    names = {c.task for c in cells}
+    return [t for t, task in TASKS.items() if t in names and task.figure == figure]
 
 
 def _new_figure(width: float, height: float):
@@ -129,8 +130,9 @@ def plot_corruption_severity(cells, path) -> Path | None:
     would be a tangle, so each panel shows the family-mean accuracy per model
     (thick, colour = pair) over faint per-corruption lines of the same style.
     """
-    engine_task = "corruptions" if any(c.task == "corruptions" for c in cells) else "corruptions_torch"
-    ok = _ok(cells, lambda c: c.task == engine_task)  # the reference engine's cells when a run has both
+    # One task's cells: the first by name (the reference engine's "corruptions" when a run has both engines).
+    engine_task = next(iter(_drawn_in(cells, "severity")), None)
+    ok = _ok(cells, lambda c: c.task == engine_task)
     if not ok:
         return None
     styles = _styles(cells)
@@ -231,7 +233,7 @@ def _sweep(cell) -> list[tuple[float, float]]:
 
 
 def _is_attack(cell) -> bool:
-    return isinstance(cell.task_params, dict) and "attack" in cell.task_params
+    return cell.task in TASKS and TASKS.get(cell.task).kind == "attack"
 
 
 def plot_adversarial(cells, path) -> Path | None:
@@ -329,7 +331,8 @@ def plot_adversarial(cells, path) -> Path | None:
 
 def plot_attention_entropy(cells, path) -> Path | None:
     """Normalized attention entropy H/log N per layer, one line per model; None without an ok cell."""
-    ok = _ok(cells, lambda c: c.task == "attention_entropy")
+    drawn = _drawn_in(cells, "attention_layers")
+    ok = _ok(cells, lambda c: c.task in drawn)
     curves = {}
     for model, cell in ok.items():
         layers = sorted(int(k[len("entropy/layer"):]) for k in cell.metrics

@@ -66,6 +66,8 @@ def record_attention(model: torch.nn.Module):
 class AttentionEntropyTask(Task):
     name = "attention_entropy"
     version = 1
+    kind = "analysis"
+    figure = "attention_layers"
     headline = Metric("mean_entropy", "attn. entropy (H/log N)", None, percent=False, samples="entropy")
     protocol = ("mean over images, layers, heads and query rows of the post-softmax attention entropy "
                 "H/log N (1 = uniform); the paper claims CB lowers it")
@@ -82,6 +84,21 @@ class AttentionEntropyTask(Task):
         samples = {"entropy": entropy.astype(np.float32), "cosine_to_uniform": cosine.astype(np.float32),
                    "cls_attention": cls_share.astype(np.float32), "correct": out["correct"]}
         return TaskResult(metrics, samples)
+
+    def details(self, cells, models) -> list:
+        """Mean normalized entropy per layer, cosine to uniform attention and attention on the class token."""
+        from cbbench.report.table import Table
+
+        ok = [(m, c) for (m, _), c in cells.items() if c.status == "ok"]
+        if not ok:
+            return []
+        layers = sorted(int(k.split("layer")[1]) for k in ok[0][1].metrics if k.startswith("entropy/layer"))
+        rows = [{"layer": i, **{m: f"{c.metrics[f'entropy/layer{i}']:.3f}" for m, c in ok}} for i in layers]
+        rows.append({"layer": "cos. to uniform", **{m: f"{c.metrics['mean_cosine_to_uniform']:.3f}" for m, c in ok}})
+        rows.append({"layer": "attn. on class token", **{m: f"{c.metrics['mean_cls_attention']:.3f}" for m, c in ok}})
+        return ["## Attention density: mean normalized entropy H/log N per layer", "",
+                "1 = uniform attention, 0 = one-hot. The paper claims CB lowers it.", "",
+                Table(rows), ""]
 
 
 TASKS.register("attention_entropy", AttentionEntropyTask())

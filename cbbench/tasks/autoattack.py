@@ -31,17 +31,18 @@ import numpy as np
 import torch
 
 from cbbench.attacks.autoattack import check_variant, parse_budget
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, accuracy_metrics, run_batches
+from cbbench.tasks.adversarial import AttackTask
+from cbbench.tasks.base import TASKS, Metric, TaskContext, TaskResult, accuracy_metrics, run_batches
 from cbbench.tasks.epsilon_sweep import batch_seed
 
 
 @dataclass(frozen=True)
-class AutoAttackTask(Task):
+class AutoAttackTask(AttackTask):
     variant: str = "standard"
     eps: str = "8/255"
     norm: str = "Linf"
     n: int = 100
-    attack: str = "autoattack"
+    attack: str = "autoattack"  # kept: it is in the cell key
     task_name: str = "autoattack"
     # A dataset of its own (e.g. RobustBench's ImageNet list) instead of the suite's.
     dataset: str | None = None

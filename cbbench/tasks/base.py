@@ -154,22 +154,44 @@ class TaskContext:
         return got
 
 
+# What a task measures, for the report (which tables and figures its cells feed; detail sections follow this
+# order); not part of any cell key. shift: natural distribution shift (ImageNet-A/-R/Sketch/V2); attack: every
+# adversarial attack, white-box or transferred; analysis: a measurement of the model, not of its accuracy.
+KINDS = ("clean", "corruption", "shift", "attack", "calibration", "cost", "analysis", "transfer_learning")
+
+
 class Task:
-    """A registered evaluation: name, version (bump on any logic change), params, headline metric."""
+    """A registered evaluation: everything the runner and the report need is declared here.
+
+    name, version (bump on any logic change), ``params()`` (what enters the cell key), headline metric,
+    protocol, ``kind`` (one of KINDS), the runner's flags below, and ``details``, the report's detail tables.
+    A subclass may make a flag a property of its parameters.
+    """
 
     name: ClassVar[str]
     version: ClassVar[int]
     headline: ClassVar[Metric]
     protocol: ClassVar[str]
+    kind: ClassVar[str]
+    # Whether its random draws are seeded per batch (from the batch's first sample index): its numbers then
+    # depend on the batch size, which the runner adds to its cell key.
+    seeded_per_batch: ClassVar[bool] = False
+    # Whether its cells depend on the paired model (CB twin / baseline), whose name and digest the runner adds
+    # to the cell key.
+    uses_partner: ClassVar[bool] = False
+    # Whether it loads its own data (from the data root): it runs even when the suite's dataset is absent.
+    own_dataset: ClassVar[bool] = False
+    # The report figure its cells are drawn in besides its kind's (attacks): "severity" (accuracy/<c>/<s> per
+    # corruption and severity), "attention_layers" (entropy/layer<i>); None: none.
+    figure: ClassVar[str | None] = None
 
     def params(self) -> dict:
         return asdict(self) if hasattr(self, "__dataclass_fields__") else {}
 
-    @property
-    def seeded_per_batch(self) -> bool:
-        """Whether its random draws are seeded per batch (from the batch's first sample index): its numbers
-        then depend on the batch size, which the runner adds to its cell key."""
-        return False
+    def details(self, cells: dict, models: list[str]) -> list:
+        """The report's detail section for this task from its stored cells ({model: cell}, every status; models in
+        report order): markdown lines, tables as ``cbbench.report.table.Table``. Default: none."""
+        return []
 
     def evaluate(self, model: torch.nn.Module, ctx: TaskContext) -> TaskResult:
         raise NotImplementedError

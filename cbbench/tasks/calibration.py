@@ -31,10 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cbbench.corruptions.reference import BENCHMARK_CORRUPTIONS
+from cbbench.corruptions.apply import check_engine, engine_seeds_per_batch
+from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS
 from cbbench.metrics import expected_calibration_error, rms_calibration_error
 from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult
-from cbbench.tasks.corruptions import check_engine, corruption_cells, engine_seeds_per_batch
+from cbbench.tasks.corruptions import corruption_cells
 
 ECE_BINS = 15
 RMS_BIN_SIZE = 100
@@ -72,6 +73,7 @@ class CalibrationTask(Task):
     task_name: str = ""
 
     version = 1
+    kind = "calibration"
     headline = Metric("ece/clean", "ECE clean (15 bins, L1)", False, percent=True, samples="ece_contribution")
 
     def __post_init__(self):

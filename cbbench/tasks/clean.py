@@ -11,6 +11,7 @@ from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, acc
 class CleanTask(Task):
     name = "clean"
     version = 1
+    kind = "clean"
     headline = Metric("accuracy", "clean top-1", True)
     protocol = "top-1 on the unperturbed test split; ECE: 15 equal-width bins, L1, top label"
 

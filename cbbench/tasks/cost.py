@@ -34,6 +34,7 @@ class CostTask(Task):
 
     name = "cost"
     version = 1
+    kind = "cost"
     uses_partner = True
     headline = Metric("throughput_ratio", "throughput vs pair (×)", True, percent=False, samples=None)
 
@@ -62,6 +63,25 @@ class CostTask(Task):
             metrics["extra_params"] = metrics["num_params"] - metrics["partner_num_params"]
         notes = [] if ctx.partner is not None else ["no paired model in this run: throughput measured alone"]
         return TaskResult(metrics, {}, notes)
+
+    def details(self, cells, models) -> list:
+        from cbbench.report.table import Table
+
+        rows = []
+        for (m, _), c in cells.items():
+            if c.status == "ok":
+                mt = c.metrics
+                rows.append({"model": m, "parameters": f"{mt['num_params']:,.0f}",
+                             "extra vs pair": f"{mt['extra_params']:+,.0f}" if "extra_params" in mt else "–",
+                             "images/s": f"{mt['images_per_second']:.0f}",
+                             "pair images/s (interleaved)": f"{mt.get('partner_images_per_second', float('nan')):.0f}",
+                             "ratio ↑": f"{mt['throughput_ratio']:.3f}" if "throughput_ratio" in mt else "–"})
+        if not rows:
+            return []
+        return ["## Cost: parameters and inference throughput", "",
+                "Each model is timed alternately with its pair on the same batch; on a busy machine the two "
+                "ratios of a pair need not be reciprocal: read the spread as noise.", "",
+                Table(rows), ""]
 
 
 TASKS.register("cost", CostTask())

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbbench.attacks.epsilon import validate_epsilon
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, run_batches
+from cbbench.tasks.adversarial import AttackTask
+from cbbench.tasks.base import TASKS, Metric, TaskContext, TaskResult, run_batches
 
 # A larger share of eps-0 images disagreeing with the clean run is a bug, not noise.
 EPS0_MISMATCH_TOLERANCE = 0.01
@@ -55,7 +56,7 @@ def batch_seed(ctx: TaskContext, idx) -> int:
 
 
 @dataclass(frozen=True)
-class EpsilonSweepTask(Task):
+class EpsilonSweepTask(AttackTask):
     attack: str
     epsilons: tuple[str, ...] = ("0", "0.5/255", "1/255", "2/255", "4/255", "8/255")
     steps: int = 10

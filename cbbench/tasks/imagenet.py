@@ -15,18 +15,17 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS, HELDOUT_CORRUPTIONS, SEVERITIES
 from cbbench.data import imagenet as data  # importing it registers the ImageNet datasets
-from cbbench.data.base import load_dataset
+from cbbench.data.registry import load_dataset
 from cbbench.data.device_decode import fallback_note
 from cbbench.data.folders import ImageFolderDataset, to_tensor_only
 from cbbench.errors import DatasetMissingError
 from cbbench.metrics import (
-    ALEXNET_CLEAN_ERR, ALEXNET_ERR, BENCHMARK_CORRUPTIONS, HOLDOUT_CORRUPTIONS, corruption_error,
+    ALEXNET_CLEAN_ERR, ALEXNET_ERR, corruption_error,
     expected_calibration_error, mce, relative_corruption_error, relative_mce, rms_calibration_error,
 )
 from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, accuracy_metrics, run_batches
-
-SEVERITIES = (1, 2, 3, 4, 5)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -80,14 +79,24 @@ def _files_digest(ds: ImageFolderDataset, limit: int | None) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- clean / A / R / Sketch / V2
 
-@dataclass(frozen=True)
 class ImageFolderTask(Task):
-    """Top-1/top-5 (and calibration) on one file-backed dataset with the model's own eval transform."""
+    """Top-1/top-5 (and calibration) on one file-backed dataset with the model's own eval transform.
 
+    One instance per dataset (the table IMAGE_FOLDER_TASKS below); it has no parameters, so its cell key is
+    its name and version. ``val_subset`` "a" / "r": ImageNet val restricted to that 200-class list.
+    """
+
+    version = 1
     own_dataset = True  # loads its data from the data root: runs even when the suite's dataset is absent
 
-    dataset_name: ClassVar[str]
-    val_subset: ClassVar[str | None] = None  # "a" / "r": ImageNet val restricted to that 200-class list
+    def __init__(self, name: str, dataset_name: str, kind: str, label: str, protocol: str,
+                 val_subset: str | None = None):
+        self.name, self.dataset_name, self.kind, self.protocol = name, dataset_name, kind, protocol
+        self.headline = Metric("accuracy", label, True)
+        self.val_subset = val_subset
+
+    def params(self) -> dict:
+        return {}
 
     def dataset(self, ctx: TaskContext) -> ImageFolderDataset:
         if self.val_subset is not None:
@@ -112,78 +121,35 @@ _EVAL_TF = ("the model's own eval transform (timm pretrained config: resize to i
             "no normalization outside the model)")
 _METRICS = "top-1 (accuracy), top-5, ECE (15 equal-width bins, L1), RMS calibration error (adaptive bins of 100)"
 
-
-@dataclass(frozen=True)
-class ImageNetCleanTask(ImageFolderTask):
-    name = "imagenet_clean"
-    version = 1
-    dataset_name = "imagenet_val"
-    headline = Metric("accuracy", "ImageNet top-1", True)
-    protocol = (f"ImageNet-1k val (50,000 images in wnid folders, labels = position in the sorted 1000-wnid list), "
-                f"{_EVAL_TF}; 1000-way {_METRICS}")
-
-
-@dataclass(frozen=True)
-class ImageNetATask(ImageFolderTask):
-    name = "imagenet_a"
-    version = 1
-    dataset_name = "imagenet_a"
-    headline = Metric("accuracy", "IN-A top-1 (200 cl.)", True)
-    protocol = (f"ImageNet-A (7,500 images, 200 classes), {_EVAL_TF}; the 1000 logits are restricted to the 200 "
-                f"ImageNet-A classes BEFORE argmax/softmax, labels = position in the sorted 200-wnid list; "
-                f"200-way {_METRICS}")
-
-
-@dataclass(frozen=True)
-class ImageNetAClean(ImageFolderTask):
-    name = "imagenet_a_clean"
-    version = 1
-    dataset_name = "imagenet_val"
-    val_subset = "a"
-    headline = Metric("accuracy", "IN-A clean top-1 (val, 200 cl.)", True)
-    protocol = (f"ImageNet val restricted to ImageNet-A's 200 classes (10,000 images), same 200-logit mask as "
-                f"imagenet_a (restricted before argmax), {_EVAL_TF}; 200-way {_METRICS}")
-
-
-@dataclass(frozen=True)
-class ImageNetRTask(ImageFolderTask):
-    name = "imagenet_r"
-    version = 1
-    dataset_name = "imagenet_r"
-    headline = Metric("accuracy", "IN-R top-1 (200 cl.)", True)
-    protocol = (f"ImageNet-R (30,000 images, 200 classes), {_EVAL_TF}; the 1000 logits are restricted to the 200 "
-                f"ImageNet-R classes BEFORE argmax/softmax, labels = position in the sorted 200-wnid list; "
-                f"200-way {_METRICS}")
-
-
-@dataclass(frozen=True)
-class ImageNetRClean(ImageFolderTask):
-    name = "imagenet_r_clean"
-    version = 1
-    dataset_name = "imagenet_val"
-    val_subset = "r"
-    headline = Metric("accuracy", "IN-R clean top-1 (val, 200 cl.)", True)
-    protocol = (f"ImageNet val restricted to ImageNet-R's 200 classes (10,000 images), same 200-logit mask as "
-                f"imagenet_r (restricted before argmax), {_EVAL_TF}; 200-way {_METRICS}")
-
-
-@dataclass(frozen=True)
-class ImageNetSketchTask(ImageFolderTask):
-    name = "imagenet_sketch"
-    version = 1
-    dataset_name = "imagenet_sketch"
-    headline = Metric("accuracy", "IN-Sketch top-1", True)
-    protocol = (f"ImageNet-Sketch (50,889 images, 1000 wnid folders), {_EVAL_TF}; 1000-way {_METRICS}")
-
-
-@dataclass(frozen=True)
-class ImageNetV2Task(ImageFolderTask):
-    name = "imagenet_v2"
-    version = 1
-    dataset_name = "imagenet_v2"
-    headline = Metric("accuracy", "IN-V2 MF top-1", True)
-    protocol = (f"ImageNetV2 matched-frequency (10,000 images; folders '0'..'999' are class indices, ordered "
-                f"numerically, not lexicographically), {_EVAL_TF}; 1000-way {_METRICS}")
+IMAGE_FOLDER_TASKS = (
+    ImageFolderTask(
+        "imagenet_clean", "imagenet_val", "clean", "ImageNet top-1",
+        f"ImageNet-1k val (50,000 images in wnid folders, labels = position in the sorted 1000-wnid list), "
+        f"{_EVAL_TF}; 1000-way {_METRICS}"),
+    ImageFolderTask(
+        "imagenet_a", "imagenet_a", "shift", "IN-A top-1 (200 cl.)",
+        f"ImageNet-A (7,500 images, 200 classes), {_EVAL_TF}; the 1000 logits are restricted to the 200 "
+        f"ImageNet-A classes BEFORE argmax/softmax, labels = position in the sorted 200-wnid list; 200-way {_METRICS}"),
+    ImageFolderTask(
+        "imagenet_a_clean", "imagenet_val", "clean", "IN-A clean top-1 (val, 200 cl.)",
+        f"ImageNet val restricted to ImageNet-A's 200 classes (10,000 images), same 200-logit mask as "
+        f"imagenet_a (restricted before argmax), {_EVAL_TF}; 200-way {_METRICS}", val_subset="a"),
+    ImageFolderTask(
+        "imagenet_r", "imagenet_r", "shift", "IN-R top-1 (200 cl.)",
+        f"ImageNet-R (30,000 images, 200 classes), {_EVAL_TF}; the 1000 logits are restricted to the 200 "
+        f"ImageNet-R classes BEFORE argmax/softmax, labels = position in the sorted 200-wnid list; 200-way {_METRICS}"),
+    ImageFolderTask(
+        "imagenet_r_clean", "imagenet_val", "clean", "IN-R clean top-1 (val, 200 cl.)",
+        f"ImageNet val restricted to ImageNet-R's 200 classes (10,000 images), same 200-logit mask as "
+        f"imagenet_r (restricted before argmax), {_EVAL_TF}; 200-way {_METRICS}", val_subset="r"),
+    ImageFolderTask(
+        "imagenet_sketch", "imagenet_sketch", "shift", "IN-Sketch top-1",
+        f"ImageNet-Sketch (50,889 images, 1000 wnid folders), {_EVAL_TF}; 1000-way {_METRICS}"),
+    ImageFolderTask(
+        "imagenet_v2", "imagenet_v2", "shift", "IN-V2 MF top-1",
+        f"ImageNetV2 matched-frequency (10,000 images; folders '0'..'999' are class indices, ordered "
+        f"numerically, not lexicographically), {_EVAL_TF}; 1000-way {_METRICS}"),
+)
 
 
 # ----------------------------------------------------------------------------- ImageNet-C (precomputed)
@@ -211,11 +177,12 @@ class ImageNetCTask(Task):
     """
 
     corruptions: tuple[str, ...] = BENCHMARK_CORRUPTIONS
-    holdout: tuple[str, ...] = HOLDOUT_CORRUPTIONS
+    holdout: tuple[str, ...] = HELDOUT_CORRUPTIONS
     severities: tuple[int, ...] = SEVERITIES
 
     name = "imagenet_c"
     version = 1
+    kind = "corruption"
     own_dataset = True
     one_pass: ClassVar[bool] = False  # whether all cells are evaluated in one pass over the same images
     headline = Metric("mean_accuracy", "IN-C acc. (mean 15x5)", True)
@@ -359,6 +326,5 @@ class ImageNetCTask(Task):
         return out
 
 
-for _task in (ImageNetCleanTask(), ImageNetATask(), ImageNetAClean(), ImageNetRTask(), ImageNetRClean(),
-              ImageNetSketchTask(), ImageNetV2Task(), ImageNetCTask()):
+for _task in (*IMAGE_FOLDER_TASKS, ImageNetCTask()):
     TASKS.register(_task.name, _task)

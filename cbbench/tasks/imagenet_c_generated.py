@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from cbbench.corruptions.apply import check_engine, corrupt_batch_cached, engine_seeds_per_batch
 from cbbench.data.make_c import imagenet_c_crop, jpeg_roundtrip
 from cbbench.tasks.base import TASKS, Metric, TaskContext, run_batches
-from cbbench.tasks.corruptions import _corrupted, check_engine, engine_seeds_per_batch
 from cbbench.tasks.imagenet import ImageNetCTask, _slim, resolve_dataset
 
 
@@ -68,8 +68,8 @@ class GeneratedImageNetCTask(ImageNetCTask):
         on_device = ctx.decode_on_device  # --decode gpu: the JPEG round trip runs with torchvision on the device
 
         def perturb(c: str, s: int):
-            return lambda x, y, idx: jpeg_roundtrip(_corrupted(val.name, x, idx, c, s, ctx.seed, self.engine),
-                                                    on_device=on_device)
+            return lambda x, y, idx: jpeg_roundtrip(
+                corrupt_batch_cached(val.name, x, idx, c, s, ctx.seed, self.engine), on_device=on_device)
 
         def cells(todo):
             descs = {f"{c}/{s}": f"{c} s{s} (generated)" for c, s in todo}

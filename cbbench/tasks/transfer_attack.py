@@ -25,18 +25,18 @@ from typing import ClassVar
 
 from cbbench.attacks.epsilon import validate_epsilon
 from cbbench.errors import CellNotApplicable
-from cbbench.tasks.adversarial import LinfAttackTask
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, accuracy_metrics, run_batches
+from cbbench.tasks.adversarial import AttackTask, LinfAttackTask
+from cbbench.tasks.base import TASKS, Metric, TaskContext, TaskResult, accuracy_metrics, run_batches
 
 
 @dataclass(frozen=True)
-class TransferAttackTask(Task):
+class TransferAttackTask(AttackTask):
     eps: str = "4/255"
     steps: int = 10
     step_size: str = "1/255"
     random_start: bool = True
     source: str = "partner"  # the only source so far: the paired baseline / CB twin
-    attack: str = "pgd-transfer"
+    attack: str = "pgd-transfer"  # kept: it is in the cell key
     task_name: str = "transfer_pgd"
 
     version = 1

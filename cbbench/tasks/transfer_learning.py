@@ -159,6 +159,7 @@ class LinearProbeTask(Task):
 
     name = "linear_probe"
     version = 1
+    kind = "transfer_learning"
     headline = Metric("accuracy", "linear probe top-1", True)
 
     @property
@@ -242,6 +243,7 @@ class FinetuneTask(Task):
 
     name = "finetune"
     version = 1
+    kind = "transfer_learning"
     headline = Metric("accuracy", "fine-tune top-1", True)
 
     @property
