@@ -4,7 +4,7 @@ from cbbench.tasks.base import TASKS, Task, TaskContext, TaskResult
 # Importing the families registers their tasks.
 from cbbench.tasks import (  # noqa: E402,F401
     adversarial, attention, autoattack, calibration, clean, corruptions, cost, epsilon_sweep, imagenet,
-    imagenet_c_generated, transfer_attack, transfer_learning,
+    imagenet_c_generated, occlusion, transfer_attack, transfer_learning,
 )
 
 __all__ = ["TASKS", "Task", "TaskContext", "TaskResult"]

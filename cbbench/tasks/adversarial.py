@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cbbench.attacks.epsilon import validate_epsilon
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, accuracy_metrics, run_batches
+from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
 
 
 class AttackTask(Task):
@@ -129,4 +129,4 @@ for _task in (
     LinfAttackTask(attack="pgd", eps="4/255", steps=10, step_size="1/255", random_start=True,
                    task_name="pgd_strong"),
 ):
-    TASKS.register(_task.name, _task)
+    register_task(_task)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cbbench.errors import CellNotApplicable
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, run_batches
+from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, register_task, run_batches
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -101,4 +101,4 @@ class AttentionEntropyTask(Task):
                 Table(rows), ""]
 
 
-TASKS.register("attention_entropy", AttentionEntropyTask())
+register_task(AttentionEntropyTask())

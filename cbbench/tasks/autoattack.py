@@ -32,7 +32,7 @@ import torch
 
 from cbbench.attacks.autoattack import check_variant, parse_budget
 from cbbench.tasks.adversarial import AttackTask
-from cbbench.tasks.base import TASKS, Metric, TaskContext, TaskResult, accuracy_metrics, run_batches
+from cbbench.tasks.base import Metric, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
 from cbbench.tasks.epsilon_sweep import batch_seed
 
 
@@ -187,4 +187,4 @@ for _task in (
     AutoAttackTask(variant="standard", eps="4/255", n=5000, task_name="autoattack_imagenet",
                    dataset="imagenet_val_rb5000"),
 ):
-    TASKS.register(_task.name, _task)
+    register_task(_task)

@@ -189,7 +189,7 @@ class Task:
         return asdict(self) if hasattr(self, "__dataclass_fields__") else {}
 
     def details(self, cells: dict, models: list[str]) -> list:
-        """The report's detail section for this task from its stored cells ({model: cell}, every status; models in
+        """The report's detail section for this task from its stored cells ({(model, task): cell}, every status; models in
         report order): markdown lines, tables as ``cbbench.report.table.Table``. Default: none."""
         return []
 
@@ -198,6 +198,11 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(task: Task) -> Task:
+    """Register ``task`` under its own name (one place states the name)."""
+    return TASKS.register(task.name, task)
 
 
 Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -34,7 +34,7 @@ import numpy as np
 from cbbench.corruptions.apply import check_engine, engine_seeds_per_batch
 from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS
 from cbbench.metrics import expected_calibration_error, rms_calibration_error
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult
+from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, register_task
 from cbbench.tasks.corruptions import corruption_cells
 
 ECE_BINS = 15
@@ -124,5 +124,5 @@ class CalibrationTask(Task):
         return TaskResult(metrics, samples)
 
 
-TASKS.register("calibration", CalibrationTask())
-TASKS.register("calibration_torch", CalibrationTask(engine="cbbench-torch", task_name="calibration_torch"))
+register_task(CalibrationTask())
+register_task(CalibrationTask(engine="cbbench-torch", task_name="calibration_torch"))

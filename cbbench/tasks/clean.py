@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cbbench.metrics import expected_calibration_error, rms_calibration_error
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, accuracy_metrics, run_batches
+from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
 
 
 @dataclass(frozen=True)
@@ -23,4 +23,4 @@ class CleanTask(Task):
         return TaskResult(metrics, out)
 
 
-TASKS.register("clean", CleanTask())
+register_task(CleanTask())

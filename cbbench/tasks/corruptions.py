@@ -19,7 +19,7 @@ import numpy as np
 
 from cbbench.corruptions.apply import ENGINES, check_engine, corrupt_batch_cached, engine_seeds_per_batch
 from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS, SEVERITIES
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, run_batches
+from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, register_task, run_batches
 
 
 def corruption_cells(model, ctx: TaskContext, names: list[str], engine: str, prefix: str = ""
@@ -157,5 +157,5 @@ def _pixelate_note(ok, params) -> str | None:
     return None
 
 
-TASKS.register("corruptions", CorruptionTask())
-TASKS.register("corruptions_torch", CorruptionTask(engine="cbbench-torch", task_name="corruptions_torch"))
+register_task(CorruptionTask())
+register_task(CorruptionTask(engine="cbbench-torch", task_name="corruptions_torch"))

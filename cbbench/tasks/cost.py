@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult
+from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, register_task
 
 
 def _images_per_second(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -84,4 +84,4 @@ class CostTask(Task):
                 Table(rows), ""]
 
 
-TASKS.register("cost", CostTask())
+register_task(CostTask())

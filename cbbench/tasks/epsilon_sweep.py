@@ -44,7 +44,7 @@ import numpy as np
 
 from cbbench.attacks.epsilon import validate_epsilon
 from cbbench.tasks.adversarial import AttackTask
-from cbbench.tasks.base import TASKS, Metric, TaskContext, TaskResult, run_batches
+from cbbench.tasks.base import Metric, TaskContext, TaskResult, register_task, run_batches
 
 # A larger share of eps-0 images disagreeing with the clean run is a bug, not noise.
 EPS0_MISMATCH_TOLERANCE = 0.01
@@ -201,4 +201,4 @@ for _task in (
     EpsilonSweepTask(attack="pgd", task_name="pgd_sweep"),
     EpsilonSweepTask(attack="fgsm", steps=1, rel_step=1.0, random_start=False, task_name="fgsm_sweep"),
 ):
-    TASKS.register(_task.name, _task)
+    register_task(_task)

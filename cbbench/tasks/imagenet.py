@@ -25,7 +25,7 @@ from cbbench.metrics import (
     ALEXNET_CLEAN_ERR, ALEXNET_ERR, corruption_error,
     expected_calibration_error, mce, relative_corruption_error, relative_mce, rms_calibration_error,
 )
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, accuracy_metrics, run_batches
+from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -327,4 +327,4 @@ class ImageNetCTask(Task):
 
 
 for _task in (*IMAGE_FOLDER_TASKS, ImageNetCTask()):
-    TASKS.register(_task.name, _task)
+    register_task(_task)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from cbbench.corruptions.apply import check_engine, corrupt_batch_cached, engine_seeds_per_batch
 from cbbench.data.make_c import imagenet_c_crop, jpeg_roundtrip
-from cbbench.tasks.base import TASKS, Metric, TaskContext, run_batches
+from cbbench.tasks.base import Metric, TaskContext, register_task, run_batches
 from cbbench.tasks.imagenet import ImageNetCTask, _slim, resolve_dataset
 
 
@@ -83,4 +83,4 @@ class GeneratedImageNetCTask(ImageNetCTask):
 
 for _task in (GeneratedImageNetCTask(),
               GeneratedImageNetCTask(engine="imagecorruptions-1.1.2", task_name="imagenet_c_reference")):
-    TASKS.register(_task.name, _task)
+    register_task(_task)

@@ -26,7 +26,7 @@ from typing import ClassVar
 from cbbench.attacks.epsilon import validate_epsilon
 from cbbench.errors import CellNotApplicable
 from cbbench.tasks.adversarial import AttackTask, LinfAttackTask
-from cbbench.tasks.base import TASKS, Metric, TaskContext, TaskResult, accuracy_metrics, run_batches
+from cbbench.tasks.base import Metric, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
 
 
 @dataclass(frozen=True)
@@ -90,4 +90,4 @@ class TransferAttackTask(AttackTask):
         return TaskResult(metrics, samples)
 
 
-TASKS.register("transfer_pgd", TransferAttackTask())
+register_task(TransferAttackTask())

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbbench.data.downstream import Downstream, ResizedTensorDataset, input_size, load_downstream
-from cbbench.tasks.base import TASKS, Metric, Task, TaskContext, TaskResult, accuracy_metrics, run_batches
+from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
 
 
 def downstream_for(task, model, ctx: TaskContext) -> Downstream:
@@ -266,5 +266,5 @@ class FinetuneTask(Task):
         return TaskResult(metrics, out, notes)
 
 
-TASKS.register("linear_probe", LinearProbeTask())
-TASKS.register("finetune", FinetuneTask())
+register_task(LinearProbeTask())
+register_task(FinetuneTask())
