@@ -24,11 +24,12 @@ from cbbench.data.base import TensorDataset
 from cbbench.data.registry import load_dataset
 from cbbench.data.digits import load_digits_split
 from cbbench.models.build import Normalized
+from cbbench.seeding import batch_seed
 from cbbench.store import pack, unpack
 from cbbench.tasks.adversarial import LinfAttackTask
 from cbbench.tasks.autoattack import AutoAttackTask
 from cbbench.tasks.base import TASKS, TaskContext
-from cbbench.tasks.epsilon_sweep import EpsilonSweepTask, batch_seed
+from cbbench.tasks.epsilon_sweep import EpsilonSweepTask
 from cbbench.tasks.transfer_attack import TransferAttackTask
 from tests.conftest import tiny_vit
 
@@ -391,8 +392,8 @@ def test_registered_tasks_and_their_report_fields():
     assert "NOT standard" in TASKS.get("autoattack_apgd").protocol
 
 
-def test_batch_seed_is_the_pgd_task_seed():
-    c = TaskContext(dataset=None, seed=3)
+def test_batch_seed_is_the_formula_stores_were_made_with():
+    """PGD starts, sweeps, AutoAttack and the torch engine: one formula; changing it changes numbers."""
     idx = torch.arange(16, 32)
-    assert batch_seed(c, idx) == int(np.random.SeedSequence([3, 16]).generate_state(1)[0])
+    assert batch_seed(3, idx[0]) == int(np.random.SeedSequence([3, 16]).generate_state(1)[0])
 

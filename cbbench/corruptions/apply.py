@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import numpy as np
 import torch
 
 from cbbench.corruptions.reference import reference_corrupt
+from cbbench.seeding import batch_seed
 
 __all__ = ["CACHE_BYTES", "ENGINES", "check_engine", "clear_cache", "corrupt_batch", "corrupt_batch_cached",
            "engine_seeds_per_batch"]
@@ -44,8 +44,8 @@ def corrupt_batch(x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, 
     if engine == "cbbench-torch":
         from cbbench.corruptions.engine import corrupt
 
-        batch_seed = int(np.random.SeedSequence([seed, int(idx[0])]).generate_state(1)[0])
-        return corrupt(x, name, severity, torch.Generator(x.device).manual_seed(batch_seed), quantize=True)
+        generator = torch.Generator(x.device).manual_seed(batch_seed(seed, idx[0]))
+        return corrupt(x, name, severity, generator, quantize=True)
     if torch.equal(idx.cpu(), torch.arange(int(idx[0]), int(idx[0]) + len(idx))):
         return reference_corrupt(x.cpu(), name, severity, seed, index_offset=int(idx[0])).to(x.device)
     return torch.cat([reference_corrupt(x[j:j + 1].cpu(), name, severity, seed, index_offset=int(i))

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from cbbench.attacks.epsilon import validate_epsilon
-from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
+from cbbench.seeding import batch_seed
+from cbbench.tasks.base import (
+    Metric, Task, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
+)
 
 
 class AttackTask(Task):
@@ -105,18 +107,14 @@ class LinfAttackTask(AttackTask):
         def attack(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             if self.attack == "fgsm":
                 return fgsm(model, x, y, self.eps)
-            seed = int(np.random.SeedSequence([ctx.seed, int(idx[0])]).generate_state(1)[0])
             return pgd(model, x, y, self.eps, steps=self.steps, step_size=self.step_size,
-                       random_start=self.random_start, generator=seed)
+                       random_start=self.random_start, generator=batch_seed(ctx.seed, idx[0]))
         return attack
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         clean = run_batches(model, ctx, desc=f"{self.name} clean")
         adv = run_batches(model, ctx, self.perturb(model, ctx), desc=self.name)
-        metrics = accuracy_metrics(adv)
-        metrics["clean_accuracy"] = float(clean["correct"].mean())
-        robust_given_clean = adv["correct"][clean["correct"]]
-        metrics["attack_success_rate"] = float(1 - robust_given_clean.mean()) if len(robust_given_clean) else float("nan")
+        metrics = {**accuracy_metrics(adv), **attack_metrics(adv["correct"], clean["correct"])}
         samples = dict(adv)
         samples["clean_correct"] = clean["correct"]
         samples["clean_pred"] = clean["pred"]

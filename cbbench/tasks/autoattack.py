@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 from cbbench.attacks.autoattack import check_variant, parse_budget
+from cbbench.seeding import batch_seed
 from cbbench.tasks.adversarial import AttackTask
-from cbbench.tasks.base import Metric, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
-from cbbench.tasks.epsilon_sweep import batch_seed
+from cbbench.tasks.base import (
+    Metric, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
+)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class AutoAttackTask(AttackTask):
 
             def compute() -> dict[str, np.ndarray]:
                 out = aa.autoattack(model, x, y, self.eps, norm=self.norm, variant=self.variant,
-                                    seed=batch_seed(sub, idx))
+                                    seed=batch_seed(sub.seed, idx[0]))
                 changed = (out.x_adv != x).flatten(1).any(dim=1)
                 return {"index": idx.cpu().numpy(), "changed": changed.cpu().numpy(),
                         "x_changed": out.x_adv[changed].to(torch.float32).cpu().numpy(),
@@ -140,10 +142,8 @@ class AutoAttackTask(AttackTask):
                          "correctly on x_adv (non-deterministic model?); counted as not robust (the clean image "
                          "is inside the budget)")
             robust = robust & clean_correct
-        metrics = accuracy_metrics({"correct": robust, "finite": adv["finite"]})
-        metrics["clean_accuracy"] = float(clean_correct.mean())
-        given_clean = robust[clean_correct]
-        metrics["attack_success_rate"] = float(1 - given_clean.mean()) if len(given_clean) else float("nan")
+        metrics = {**accuracy_metrics({"correct": robust, "finite": adv["finite"]}),
+                   **attack_metrics(robust, clean_correct)}
         metrics["num_images"] = float(len(robust))
         samples = dict(adv)
         samples["correct"] = robust

@@ -452,6 +452,14 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, ctx: TaskContext, chunk: i
     return (outs[0] if len(outs) == 1 else torch.cat(outs)), chunk
 
 
+def attack_metrics(robust: np.ndarray, clean_correct: np.ndarray) -> dict[str, float]:
+    """Clean accuracy and the attack's success rate on the images it had to flip (those classified right
+    clean); NaN when there were none."""
+    given_clean = robust[clean_correct]
+    return {"clean_accuracy": float(clean_correct.mean()),
+            "attack_success_rate": float(1 - given_clean.mean()) if len(given_clean) else float("nan")}
+
+
 def accuracy_metrics(outcomes: dict[str, np.ndarray], prefix: str = "") -> dict[str, float]:
     """Accuracy plus the count of samples whose logits were not finite (0 when all is well)."""
     return {f"{prefix}accuracy": float(outcomes["correct"].mean()),

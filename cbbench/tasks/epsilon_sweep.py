@@ -43,16 +43,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbbench.attacks.epsilon import validate_epsilon
+from cbbench.seeding import batch_seed
 from cbbench.tasks.adversarial import AttackTask
-from cbbench.tasks.base import Metric, TaskContext, TaskResult, register_task, run_batches
+from cbbench.tasks.base import Metric, TaskContext, TaskResult, attack_metrics, register_task, run_batches
 
 # A larger share of eps-0 images disagreeing with the clean run is a bug, not noise.
 EPS0_MISMATCH_TOLERANCE = 0.01
 
 
-def batch_seed(ctx: TaskContext, idx) -> int:
-    """The random-start seed of a batch; the same formula as the fixed-eps ``pgd`` task."""
-    return int(np.random.SeedSequence([ctx.seed, int(idx[0])]).generate_state(1)[0])
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class EpsilonSweepTask(AttackTask):
             if value == 0 or self.attack == "fgsm":
                 return fgsm(model, x, y, value)
             return pgd(model, x, y, value, steps=self.steps, step_size=self.rel_step * value,
-                       random_start=self.random_start, generator=batch_seed(ctx, idx))
+                       random_start=self.random_start, generator=batch_seed(ctx.seed, idx[0]))
         return attack
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
@@ -163,8 +161,7 @@ class EpsilonSweepTask(AttackTask):
         metrics["nonmonotone"] = float(nonmonotone.sum())
         samples["correct"] = samples[f"{self.headline_eps}.correct"]
         metrics["accuracy"] = metrics[f"accuracy/eps/{self.headline_eps}"]
-        given_clean = samples["correct"][clean_correct]
-        metrics["attack_success_rate"] = float(1 - given_clean.mean()) if len(given_clean) else float("nan")
+        metrics["attack_success_rate"] = attack_metrics(samples["correct"], clean_correct)["attack_success_rate"]
         samples["auc"] = _area(curve, clean_correct)
         metrics["auc"] = float(samples["auc"].mean())
         return TaskResult(metrics, samples, notes)

@@ -26,7 +26,9 @@ from typing import ClassVar
 from cbbench.attacks.epsilon import validate_epsilon
 from cbbench.errors import CellNotApplicable
 from cbbench.tasks.adversarial import AttackTask, LinfAttackTask
-from cbbench.tasks.base import Metric, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
+from cbbench.tasks.base import (
+    Metric, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
+)
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,7 @@ class TransferAttackTask(AttackTask):
                 "baseline/CB pair for this model: run the model together with its baseline or CB twin")
         clean = run_batches(model, ctx, desc=f"{self.name} clean")
         adv = run_batches(model, ctx, self._source_attack().perturb(ctx.partner, ctx), desc=self.name)
-        metrics = accuracy_metrics(adv)
-        metrics["clean_accuracy"] = float(clean["correct"].mean())
-        robust_given_clean = adv["correct"][clean["correct"]]
-        metrics["attack_success_rate"] = (float(1 - robust_given_clean.mean()) if len(robust_given_clean)
-                                          else float("nan"))
+        metrics = {**accuracy_metrics(adv), **attack_metrics(adv["correct"], clean["correct"])}
         metrics["fixed_by_attack"] = float((adv["correct"] & ~clean["correct"]).sum())
         samples = dict(adv)
         samples["clean_correct"] = clean["correct"]
