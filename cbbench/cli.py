@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -126,7 +127,7 @@ def cmd_runs(args) -> int:
     from tabulate import tabulate
 
     from cbbench.paths import results_dir
-    from cbbench.store import Store
+    from cbbench.store import Store, shown_run
 
     root = results_dir(args.results)
     if not (root / "cbbench.sqlite").is_file():
@@ -134,7 +135,7 @@ def cmd_runs(args) -> int:
         return EXIT_USAGE
     with Store(root) as store:
         runs = store.runs(args.suite)
-        shown = {s: store.latest_run(s)[0] for s in store.suites()}
+    shown = {shown_run([r for r in runs if r.suite == s]).run_id for s in {r.suite for r in runs}}
     rows = []
     for r in runs:
         models, tasks = r.config.get("models"), r.config.get("tasks")
@@ -143,12 +144,12 @@ def cmd_runs(args) -> int:
                      "tasks": ", ".join(tasks) if tasks else "(suite's)",
                      **{s: r.counts.get(s, 0) for s in ("ok", "cached", "skipped", "failed")},
                      "state": ("failed" if r.failed else "finished") if r.finished else "unfinished",
-                     "report": "shown" if shown.get(r.suite) == r.run_id else ""})
+                     "report": "shown" if r.run_id in shown else ""})
     if not rows:
         print(f"no runs{f' of suite {args.suite}' if args.suite else ''} in {root / 'cbbench.sqlite'}")
         return 0
-    width = max(20, (__import__("shutil").get_terminal_size().columns - 90) // 2)
-    print(tabulate(rows, headers="keys", maxcolwidths={"models": width, "tasks": width}.get))
+    width = max(20, (shutil.get_terminal_size().columns - 90) // 2)  # models and tasks share what is left
+    print(tabulate(rows, headers="keys", maxcolwidths=[width if h in ("models", "tasks") else None for h in rows[0]]))
     print("\n'cbbench report --run N' writes the report of run N (default: the 'shown' run of each suite)")
     return 0
 
@@ -191,8 +192,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    import shutil
-
     widths = None  # protocols are long sentences: wrapped to the terminal's width
     if args.what == "models":
         from cbbench.models.zoo import MODELS

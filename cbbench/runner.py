@@ -229,6 +229,7 @@ def _load_models(specs, dataset, device, config, say, progress=None, prebuilt=No
     """Load every model once. Weights that are not on disk make that model's cells skipped (with the
     reason); a checkpoint that does not fit its model is an error, as is a class-count mismatch.
     Models trained by cbbench that are not cached yet are trained first, in parallel."""
+    prebuilt = prebuilt or {}
     models, unavailable = {}, {}
     if not distributed.is_main():
         distributed.barrier()  # rank 0 loads first: it trains demo models once, the others reuse them
@@ -237,11 +238,13 @@ def _load_models(specs, dataset, device, config, say, progress=None, prebuilt=No
     for spec in specs:
         say(f"loading model {spec.name}")
         try:
-            # a model train_missing left untrained (its data is missing) raises that reason here
-            trained = (trained_checkpoint(spec, config.checkpoints, device=device, data_root=config.data_root)
-                       if spec.weights == "train" and spec.name not in (prebuilt or {}) else None)
-            models[spec.name] = (prebuilt[spec.name].to(device) if spec.name in (prebuilt or {}) else
-                                 load_model(spec, device=device, checkpoint_dir=config.checkpoints, trained=trained))
+            if spec.name in prebuilt:
+                models[spec.name] = prebuilt[spec.name].to(device)
+            else:  # a model train_missing left untrained (its data is missing) raises that reason here
+                trained = (trained_checkpoint(spec, config.checkpoints, device=device, data_root=config.data_root)
+                           if spec.weights == "train" else None)
+                models[spec.name] = load_model(spec, device=device, checkpoint_dir=config.checkpoints,
+                                               trained=trained)
         except FileNotFoundError as exc:
             unavailable[spec.name] = f"weights unavailable: {exc}"
             say(f"  skipping {spec.name}: {exc}")
@@ -289,7 +292,8 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
                       decode_on_device=decode_on_device(config.decode, device),
                       load_part=lambda part: store.get_part(key, part),
                       save_part=lambda part, arrays: store.put_part(key, part, arrays),
-                      load_parts=lambda prefix: store.get_parts(key, prefix), stream_every_s=stream_every_s() if every_s is None else every_s)
+                      load_parts=lambda prefix: store.get_parts(key, prefix),
+                      stream_every_s=stream_every_s() if every_s is None else every_s)
     if progress is not None:
         ctx.progress = progress
     t0 = time.perf_counter()

@@ -151,6 +151,14 @@ class Run:
         return sum(self.counts.get(s, 0) for s in USED) == 0 and bool(self.counts)
 
 
+def shown_run(runs: list[Run]) -> Run | None:
+    """Of one suite's runs, the one its report shows: the latest finished run that has numbers to show (else
+    the latest finished run, else the latest run). A run still going on in another process, one that was
+    killed, and one whose cells all failed are not reported while a better one exists."""
+    return max(runs, key=lambda r: (r.finished is not None and not r.failed, r.finished is not None, r.run_id),
+               default=None)
+
+
 CELL_COLUMNS = ("key, model, model_spec, task, task_version, task_params, dataset, limit_n, seed, status, reason, "
                 "metrics, provenance, wall_s, created, samples")
 
@@ -325,14 +333,14 @@ class Store:
         return next((r for r in self.runs() if r.run_id == run_id), None)
 
     def latest_run(self, suite: str) -> tuple[int, dict] | None:
-        """The latest finished run of ``suite`` that has numbers to show (else the latest finished run, else
-        the latest run): a run still going on in another process, one that was killed, and one whose cells
-        all failed are not reported while a better one exists."""
-        runs = self.runs(suite)
-        if not runs:
-            return None
-        best = max(runs, key=lambda r: (r.finished is not None and not r.failed, r.finished is not None, r.run_id))
-        return best.run_id, best.config
+        shown = shown_run(self.runs(suite))
+        return None if shown is None else (shown.run_id, shown.config)
+
+    def shown_cells(self, suite: str) -> tuple[Run, list[Cell]] | None:
+        """The run a report of ``suite`` shows and its cells as shown (failed ones filled in from earlier
+        runs): what the report, the per-sample export, headline logging and compare all read."""
+        shown = shown_run(self.runs(suite))
+        return None if shown is None else (shown, self.run_cells(shown.run_id, fill_in=True))
 
     @_sqlite_errors
     def run_cells(self, run_id: int, fill_in: bool = False) -> list[Cell]:

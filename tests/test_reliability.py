@@ -361,3 +361,15 @@ def test_a_dataset_whose_images_are_all_undecodable_says_so(tmp_path):
 
     with pytest.raises(ValueError, match="all 1 image file.* were undecodable .*a.JPEG"):
         run_batches(torch.nn.Identity(), TaskContext(dataset=AllCorrupt(), batch_size=4))
+
+
+def test_runs_wraps_long_model_lists_to_the_terminal(tmp_path, capsys, monkeypatch):
+    models = [f"demo_vit_cb_s{i}" for i in range(1, 5)] + [f"demo_vit_s{i}" for i in range(1, 5)]
+    with Store(tmp_path) as store:
+        run = store.start_run("robustness", {"models": models, "tasks": ["clean"]})
+        store.finish_run(run)
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, _ = cli(capsys, "runs", "--results", str(tmp_path))
+    listed = [line for line in out.splitlines() if "demo_vit" in line]
+    assert code == 0 and len(listed) > 1, "the models column wraps onto several lines"
+    assert all(len(part) <= 20 for line in listed for part in line.split("  ") if "demo_vit" in part)

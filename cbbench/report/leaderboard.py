@@ -18,7 +18,7 @@ from cbbench.metrics import cell_nonfinite, mcnemar_exact, paired_bootstrap_ci, 
 from cbbench.report.pairing import pair_of
 from cbbench.report.files import write_atomic, write_text
 from cbbench.report.table import Table
-from cbbench.store import Cell, Store
+from cbbench.store import Cell, Store, shown_run
 from cbbench.tasks import TASKS
 from cbbench.tasks.base import KINDS
 
@@ -193,19 +193,16 @@ def _pick_run(store: Store, suite: str, run_id: int | None = None):
 
     Default: the latest run with numbers to show, each failed cell filled in with the latest finished cell of
     the same model and task from an earlier run on the same images. ``run_id``: exactly that run."""
-    if run_id is None:
-        latest = store.latest_run(suite)
-        if latest is None:
+    runs = store.runs(suite)
+    shown = shown_run(runs)
+    run = shown if run_id is None else next((r for r in runs if r.run_id == run_id), None)
+    if run is None:
+        if run_id is None:
             return None
-        run_id, config = latest
-    else:
-        run = store.run(run_id)
-        if run is None or run.suite != suite:
-            raise ValueError(f"run {run_id} is not a run of suite {suite!r}; 'cbbench runs' lists the runs")
-        config = run.config
-    cells = {(c.model, c.task): c for c in store.run_cells(run_id, fill_in=run_id == (store.latest_run(suite)
-                                                                                        or (None,))[0])}
-    newer = [r for r in store.runs(suite) if r.run_id > run_id and r.finished is not None and r.failed]
+        raise ValueError(f"run {run_id} is not a run of suite {suite!r}; 'cbbench runs' lists the runs")
+    run_id, config = run.run_id, run.config
+    cells = {(c.model, c.task): c for c in store.run_cells(run_id, fill_in=run is shown)}
+    newer = [r for r in runs if r.run_id > run_id and r.finished is not None and r.failed]
     notes = [f"Run {r.run_id} ({_date(r.started)}) is newer but not shown: none of its {sum(r.counts.values())} "
              f"cells finished ({_counts(r.counts)}); its reasons: 'cbbench runs --suite {suite}', "
              f"'cbbench report --run {r.run_id}'." for r in newer]
