@@ -33,11 +33,11 @@ def headlines(results_dir: str | Path, suite: str) -> tuple[int | None, dict, li
     from cbbench.store import Store
 
     with Store(results_dir) as store:
-        latest = store.latest_run(suite)
-        if latest is None:
+        shown = store.shown_cells(suite)
+        if shown is None:
             return None, {}, []
-        run_id, config = latest
-        cells = [c for c in store.run_cells(run_id) if c.status == "ok"]
+        run, cells = shown
+        run_id, config, cells = run.run_id, run.config, [c for c in cells if c.status == "ok"]
     records = []
     for c in cells:
         key = _column(c.task).key

@@ -29,8 +29,8 @@ def export_samples(results_dir: str | Path, suite: str, parquet: bool | None = N
     suite's latest run; returns the files. ``parquet=None``: when pyarrow imports."""
     results_dir = Path(results_dir)
     with Store(results_dir) as store:
-        latest = store.latest_run(suite)
-        cells = [c for c in store.run_cells(latest[0]) if c.status == "ok"] if latest else []
+        shown = store.shown_cells(suite)
+        cells = [c for c in shown[1] if c.status == "ok"] if shown else []
         arrays = {c.key: c.samples for c in cells}
     if parquet is None:
         try:

@@ -55,9 +55,9 @@ def load_sides(a: str | Path, b: str | Path | None = None, runs: tuple[int, int]
                              f"({', '.join(sa.suites()) or 'none'} vs {', '.join(sb.suites()) or 'none'})")
         out = []
         for s in chosen:
-            (ra, _), (rb, _) = sa.latest_run(s), sb.latest_run(s)
-            out.append((f"suite `{s}`", Side(f"`{a}` run {ra}", _run_cells(sa, ra)),
-                        Side(f"`{b}` run {rb}", _run_cells(sb, rb))))
+            (ra, cells_a), (rb, cells_b) = sa.shown_cells(s), sb.shown_cells(s)
+            out.append((f"suite `{s}`", Side(f"`{a}` run {ra.run_id}", {(c.model, c.task): c for c in cells_a}),
+                        Side(f"`{b}` run {rb.run_id}", {(c.model, c.task): c for c in cells_b})))
         return out
 
 
