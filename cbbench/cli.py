@@ -30,8 +30,6 @@ def cmd_run(args) -> int:
                        results=args.results, checkpoints=args.checkpoints, limit=args.limit, device=args.device,
                        seed=args.seed, batch_size=args.batch_size, force=args.force, amp=args.amp,
                        channels_last=args.channels_last, compile=args.compile, decode=args.decode)
-    from cbbench import distributed
-
     if args.wandb or args.tensorboard:  # a missing package: exit 2 now, not after the run
         from cbbench.loggers import require
 
@@ -40,7 +38,7 @@ def cmd_run(args) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints and reports
     summary = run(config, progress=_progress_factory() if main_rank else None,
                   on_event=(lambda msg: print(msg, file=sys.stderr)) if main_rank else None)
-    if not distributed.is_main():
+    if not main_rank:  # (the process group is gone by now: is_main() would say True on every rank)
         return EXIT_FAILED_CELLS if summary.failed else 0
     files = write_reports(summary.results_dir, [summary.suite], REPORT_FORMATS)
     files += _exports(summary.results_dir, summary.suite, args)
@@ -290,7 +288,7 @@ def cmd_train(args) -> int:
                              "(those are for the demo/CIFAR recipes without --recipe)")
         if not args.arch or not args.out:
             raise ValueError("--recipe needs --arch TIMM_ARCH (e.g. deit_tiny_patch16_224) and --out DIR")
-        distributed.init_from_env(device.type)
+        owns_group = distributed.init_from_env(device.type)
         device = distributed.local_device(device)
         if device.type == "cuda":
             import torch
@@ -305,9 +303,15 @@ def cmd_train(args) -> int:
                           save_every=args.save_every, progress=main_rank)
         out = Path(args.out)
         t0 = time.perf_counter()
-        train_pair(args.recipe, args.arch, data_root(args.data_root), out, runtime, sets=sets, seed=args.seed,
-                   pretrained=args.pretrained, init=args.init, resume=args.resume,
-                   say=(lambda msg: print(msg, file=sys.stderr)) if main_rank else None)
+        finished = False
+        try:
+            train_pair(args.recipe, args.arch, data_root(args.data_root), out, runtime, sets=sets, seed=args.seed,
+                       pretrained=args.pretrained, init=args.init, resume=args.resume,
+                       say=(lambda msg: print(msg, file=sys.stderr)) if main_rank else None)
+            finished = True
+        finally:
+            if owns_group:
+                distributed.shutdown(finished)
         if main_rank:
             print(f"trained the {args.arch} pair in {time.perf_counter() - t0:.0f} s: {out / 'baseline.pth'}, "
                   f"{out / 'cb.pth'}; model card {out / 'card.md'}")

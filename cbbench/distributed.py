@@ -16,10 +16,13 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env(device_type: str) -> None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); no-op otherwise."""
+def init_from_env(device_type: str) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); no-op otherwise. True when this call
+    created the group (so the caller also leaves it: ``shutdown``), False for a group the user made."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        return True
+    return False
 
 
 def world() -> tuple[int, int]:
@@ -52,6 +55,17 @@ def from_main(value: Any) -> Any:
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()
+
+
+def shutdown(finished: bool) -> None:
+    """Leave the process group before the interpreter exits: a rank that exits with gloo's threads still
+    alive aborts ("terminate called without an active exception", SIGABRT), which torchrun reports as a
+    failed run. After a finished run the ranks first wait for each other; after an error they do not (a
+    crashed rank would never arrive)."""
+    if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def gather_outcomes(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

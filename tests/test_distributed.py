@@ -40,6 +40,7 @@ def test_two_ranks_match_one_process(tmp_path, demo_checkpoints):
     double = cli(tmp_path / "double", demo_checkpoints, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                  "--master_port", str(free_port()))
     assert double.returncode == 0, double.stderr[-3000:]
+    assert "terminate called" not in double.stderr, "a rank left with the process group still alive"
     assert double.stdout.count("done in") == 1, "only rank 0 prints the summary"
     one, two = cells(tmp_path / "single"), cells(tmp_path / "double")
     assert one.keys() == two.keys() and len(one) == 8
