@@ -124,7 +124,6 @@ def expected_calibration_error(confidence, correct, n_bins: int = 15) -> float:
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # side="left": first edge >= c, so edges[i] < c <= edges[i+1] -> index i+1; c == 0 -> 0.
     idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(idx, weights=corr.astype(np.float64), minlength=n_bins)
     # |acc_sum - conf_sum| / N == (n_b / N) * |acc_b - conf_b|; empty bins contribute 0.

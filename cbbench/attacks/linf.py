@@ -34,7 +34,6 @@ Differences from calling ``foolbox.attacks.LinfPGD()(fmodel, x, y, epsilons=eps)
 """
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Union
 

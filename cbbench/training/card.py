@@ -67,7 +67,7 @@ def card_markdown(card: dict) -> str:
         f"{run['accumulation']} accumulation step(s) per process, amp {run['amp']}, channels_last "
         f"{run['channels_last']}, compile {run['compile']}; {card['wall_seconds'] / 3600:.2f} h of wall time "
         "in the last session",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + f", python {card['python']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + f", python {card['python']}",
         "", "## Files", "", "| file | sha256 |", "|---|---|",
         *[f"| `{name}` | `{digest}` |" for name, digest in card["files"].items()],
         "", "Evaluate the pair:", "", "```bash",
