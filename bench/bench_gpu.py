@@ -76,13 +76,14 @@ def bench_model(arch: str, a, data: Path, device: torch.device, pipeline, first:
     from cbbench.models.spec import ModelSpec
     from cbbench.tasks import TASKS
     from cbbench.tasks.base import TaskContext, _eval_forward, run_batches
+    from cbbench.tasks.context import RunSettings
     from cbbench.tasks.imagenet_c_generated import GeneratedImageNetCTask
 
     model = load_model(ModelSpec(name=f"{arch}_random", arch=arch, weights="random"), device=device)
     if pipeline.channels_last:
         model.to(memory_format=torch.channels_last)
-    ctx = TaskContext(dataset=None, device=device, batch_size=a.batch, data_root=data, transform=model.eval_transform,
-                      pipeline=pipeline, decode_on_device=True)
+    ctx = TaskContext(None, RunSettings(device=device, batch_size=a.batch, data_root=data, pipeline=pipeline,
+                                        decode_on_device=True), transform=model.eval_transform)
     rows = []
 
     def row(name: str, images: int, fn) -> None:
@@ -108,17 +109,17 @@ def bench_model(arch: str, a, data: Path, device: torch.device, pipeline, first:
         lambda: [None for _ in val.batches(a.batch, a.images, transform=model.eval_transform, decode_device=device)])
     clean = TASKS.get("imagenet_clean")
     row("imagenet_clean, --decode gpu", a.images,
-        lambda: clean.evaluate(model, dataclasses.replace(ctx, limit=a.images)))
+        lambda: clean.evaluate(model, ctx.with_run(limit=a.images)))
     if first:
         row("imagenet_clean, --decode cpu (PIL in workers)", a.images,
-            lambda: clean.evaluate(model, dataclasses.replace(ctx, limit=a.images, decode_on_device=False)))
+            lambda: clean.evaluate(model, ctx.with_run(limit=a.images, decode_on_device=False)))
     cell = ImageNetC(data / "imagenet-c").cell(*a.c_cell)
     row(f"imagenet_c precomputed, cell {a.c_cell[0]}/{a.c_cell[1]} from files, --decode gpu", a.c_images,
-        lambda: run_batches(model, dataclasses.replace(ctx, dataset=cell, limit=a.c_images,
+        lambda: run_batches(model, dataclasses.replace(ctx.with_run(limit=a.c_images), dataset=cell,
                                                        transform=to_tensor_only())))
     corruptions = BENCHMARK_CORRUPTIONS[: a.corruptions]
     task = GeneratedImageNetCTask(corruptions=corruptions, holdout=(), severities=(3,))
-    cells, _, _ = task._cells(model, dataclasses.replace(ctx, limit=a.c_images))
+    cells, _, _ = task._cells(model, ctx.with_run(limit=a.c_images))
     row(f"imagenet_c_generated, {len(corruptions)} corruptions x severity 3 in one pass, per image-cell",
         a.c_images * len(corruptions), lambda: cells([(c, 3) for c in corruptions]))
     return rows
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
               ".gpu-data/)", file=sys.stderr)
         return 2
     from cbbench.data.make_c import make_c
-    from cbbench.tasks.base import Pipeline
+    from cbbench.tasks.context import Pipeline
 
     pipeline = Pipeline(amp=a.amp, channels_last=device.type == "cuda")
     t0 = time.perf_counter()

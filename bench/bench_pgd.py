@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     from cbbench.data.digits import load_digits_split
     from cbbench.tasks.adversarial import LinfAttackTask
     from cbbench.tasks.base import TaskContext, run_batches
+    from cbbench.tasks.context import RunSettings
 
     model = demo_model()
     images, labels = load_digits_split("test")
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
             def close(self):
                 pass
 
-        ctx = TaskContext(dataset=data, batch_size=b, progress=lambda total, desc: Probe())
+        ctx = TaskContext(data, RunSettings(batch_size=b), progress=lambda total, desc: Probe())
         t0 = time.perf_counter()
         run_batches(model, ctx, perturb_for(ctx), desc="bench")
         return rss, time.perf_counter() - t0

@@ -261,9 +261,8 @@ def cmd_datasets_make_c(args) -> int:
         print(f"error: unknown corruption(s) {unknown} or severity(ies) {bad_severity}; corruptions: "
               f"{', '.join(ALL_CORRUPTIONS)}; severities: 1..5", file=sys.stderr)
         return EXIT_USAGE
-    engine = {"torch": "cbbench-torch", "reference": "imagecorruptions-1.1.2"}[args.engine]
     t0 = time.perf_counter()
-    counts = make_c(args.src, args.out, corruptions, args.severities, engine=engine, seed=args.seed,
+    counts = make_c(args.src, args.out, corruptions, args.severities, engine=args.engine, seed=args.seed,
                     batch_size=args.batch_size, limit=args.limit, device=pick_device(args.device),
                     progress=_progress_factory())
     print(f"made ImageNet-C in {args.out} in {time.perf_counter() - t0:.1f} s: {counts['written']} files written, "
@@ -357,6 +356,8 @@ See 'cbbench COMMAND -h' for each command's options."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cbbench.corruptions.catalog import ENGINES, REFERENCE_ENGINE, TORCH_ENGINE  # torch-free
+
     parser = argparse.ArgumentParser(prog="cbbench", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -450,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output folder, e.g. <data root>/imagenet-c")
     q.add_argument("--corruptions", nargs="+", help="default: all 19 (15 benchmark + 4 held-out)")
     q.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="default: 1 2 3 4 5")
-    q.add_argument("--engine", choices=["torch", "reference"], default="torch",
-                   help="torch: cbbench's batched engine (CPU or GPU); reference: imagecorruptions 1.1.2")
+    q.add_argument("--engine", choices=ENGINES, default=TORCH_ENGINE,
+                   help=f"{TORCH_ENGINE}: cbbench's batched engine (CPU or GPU; default); {REFERENCE_ENGINE}: the "
+                        "reference implementation, per image (the names tasks and suite files use)")
     q.add_argument("--seed", type=seed_int, default=0, help="seed of the corruptions' random draws (default 0)")
     q.add_argument("--batch-size", type=positive_int, default=64, help="also fixes the torch engine's random draws")
     q.add_argument("--limit", type=positive_int, help="only the first N val images (in sorted order)")
@@ -489,12 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _whole_number(text: str, expected: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (argparse then exits 2 with the option's name)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}") from None
+    value = _whole_number(text, "a whole number >= 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
@@ -502,10 +508,7 @@ def positive_int(text: str) -> int:
 
 def seed_int(text: str) -> int:
     """argparse type: a seed in 0 .. 2**63 - 1 (what numpy's SeedSequence and SQLite both accept)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    value = _whole_number(text, "a whole number")
     if not 0 <= value < 2 ** 63:
         raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, not {value}")
     return value

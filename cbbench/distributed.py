@@ -80,6 +80,15 @@ def gather_outcomes(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in merged.items()}
 
 
+def gathered_unique(items: list[str]) -> list[str]:
+    """Every rank's messages (e.g. warnings), deduplicated in order; just ``items`` in one process."""
+    if world()[1] == 1:
+        return items
+    shards: list[list[str]] = [None] * world()[1]  # type: ignore[list-item]
+    dist.all_gather_object(shards, items)
+    return list(dict.fromkeys(m for shard in shards for m in shard))
+
+
 def merged(entries: dict) -> dict:
     """Every rank's ``entries`` merged into one dict (e.g. the undecodable files each rank found)."""
     if world()[1] == 1:

@@ -25,10 +25,10 @@ from cbbench.paths import data_root as resolve_data_root
 from cbbench.paths import results_dir as resolve_results_dir
 from cbbench.store import Store, cell_key
 from cbbench.suites import SUITES
-from cbbench.tasks import TASKS, TaskContext
+from cbbench.tasks import TaskContext
 from cbbench.data.device_decode import decode_on_device
 from cbbench.data.folders import reads_image_files
-from cbbench.tasks.base import Pipeline, pipeline_key
+from cbbench.tasks.context import CellStore, Pipeline, RunSettings, pipeline_key
 from cbbench.train import train_missing, trained_checkpoint
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 128
     force: bool = False
-    # The evaluation forward (tasks/base.py Pipeline): autocast dtype, NHWC, torch.compile. Off: plain fp32.
+    # The evaluation forward (tasks/context.py Pipeline): autocast dtype, NHWC, torch.compile. Off: plain fp32.
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
@@ -196,7 +196,7 @@ def _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gp
             dataset, missing = None, str(exc)
         models, unavailable = _load_models(specs, dataset, device, config, say, progress, prebuilt)
         partners = _partners(models)
-        base = provenance(device)
+        run_provenance = provenance(device)  # what every cell of this run shares
         position = 0
         for task in tasks:
             for spec in specs:
@@ -224,7 +224,7 @@ def _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gp
                     if config.force:
                         store.delete_parts(key)  # also what an interrupted attempt stored
                     outcome = _evaluate(store, ident, task, model, partners.get(spec.name), dataset, config,
-                                        device, base, progress, data_root, every_s)
+                                        device, run_provenance, progress, data_root, every_s)
                 store.add_run_cell(summary.run_id, position, key, spec.name, task.name, outcome.status,
                                    outcome.reason, outcome.traceback)
                 position += 1
@@ -287,26 +287,23 @@ def _partners(models: dict) -> dict:
     specs = {name: m.spec.to_dict() for name, m in models.items()}
     partners = {}
     for name, spec in specs.items():
-        base = pair_of(spec, specs)
-        if base is not None:
-            partners[name] = models[base]
-            twins = [n for n, s in specs.items() if pair_of(s, specs) == base]
+        baseline = pair_of(spec, specs)
+        if baseline is not None:
+            partners[name] = models[baseline]
+            twins = [n for n, s in specs.items() if pair_of(s, specs) == baseline]
             if len(twins) == 1:
-                partners[base] = models[name]
+                partners[baseline] = models[name]
     return partners
 
 
-def _evaluate(store, ident, task, model, partner, dataset, config, device, base, progress, data_root,
+def _evaluate(store, ident, task, model, partner, dataset, config, device, run_provenance, progress, data_root,
               every_s: float | None = None) -> CellOutcome:
     key = ident["key"]
-    ctx = TaskContext(dataset=dataset, device=device, batch_size=config.batch_size, limit=config.limit,
-                      seed=config.seed, data_root=data_root, transform=getattr(model, "eval_transform", None),
-                      partner=partner, pipeline=config.pipeline,
-                      decode_on_device=decode_on_device(config.decode, device),
-                      load_part=lambda part: store.get_part(key, part),
-                      save_part=lambda part, arrays: store.put_part(key, part, arrays),
-                      load_parts=lambda prefix: store.get_parts(key, prefix),
-                      stream_every_s=stream_every_s() if every_s is None else every_s)
+    settings = RunSettings(device=device, batch_size=config.batch_size, limit=config.limit, seed=config.seed,
+                           data_root=data_root, pipeline=config.pipeline,
+                           decode_on_device=decode_on_device(config.decode, device))
+    ctx = TaskContext(dataset, settings, CellStore(store, key, stream_every_s() if every_s is None else every_s),
+                      transform=getattr(model, "eval_transform", None), partner=partner)
     if progress is not None:
         ctx.progress = progress
     t0 = time.perf_counter()
@@ -321,13 +318,13 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, base,
         reason = one_line(exc)
         trace = traceback.format_exc()
         log.info("task %s failed on %s:\n%s", task.name, ident["model"], trace)  # shown with -v
-        store.put(**ident, status="failed", reason=reason, provenance=dict(base, traceback=trace))
+        store.put(**ident, status="failed", reason=reason, provenance=dict(run_provenance, traceback=trace))
         return CellOutcome(ident["model"], task.name, "failed", reason, traceback=trace)
     wall = time.perf_counter() - t0
-    prov = dict(base, wall_s=wall, batch_size=config.batch_size, protocol=task.protocol, notes=result.notes,
+    prov = dict(run_provenance, wall_s=wall, batch_size=config.batch_size, protocol=task.protocol, notes=result.notes,
                 num_params=sum(p.numel() for p in model.parameters()), weights_digest=model.weights_digest,
                 trained_on=getattr(model, "trained_on", None),
-                pipeline=dict(ctx.pipeline.describe(), decode="gpu" if ctx.decode_on_device else "cpu",
+                pipeline=dict(ctx.run.pipeline.describe(), decode="gpu" if ctx.run.decode_on_device else "cpu",
                               notes=list(ctx.pipeline_notes)))
     store.put(**ident, status="ok", metrics=result.metrics, samples=result.samples, provenance=prov, wall_s=wall)
     return CellOutcome(ident["model"], task.name, "ok", wall_s=wall, nonfinite=nonfinite_count(result.metrics))

@@ -28,10 +28,11 @@ from cbbench.seeding import batch_seed
 from cbbench.store import pack, unpack
 from cbbench.tasks.adversarial import LinfAttackTask
 from cbbench.tasks.autoattack import AutoAttackTask
+from cbbench.tasks.context import RunSettings
 from cbbench.tasks.base import TASKS, TaskContext
 from cbbench.tasks.epsilon_sweep import EpsilonSweepTask
 from cbbench.tasks.transfer_attack import TransferAttackTask
-from tests.conftest import tiny_vit
+from tests.conftest import task_context, tiny_vit
 
 N = 32  # images per sweep/transfer test; batches of 16 (a power of two: see the torchattacks tests)
 
@@ -105,7 +106,7 @@ def models():
 
 
 def ctx(data, limit=N, batch_size=16, **kw):
-    return TaskContext(dataset=data, limit=limit, batch_size=batch_size, **kw)
+    return task_context(data, limit=limit, batch_size=batch_size, **kw)
 
 
 # ----------------------------------------------------------------------------- epsilon sweep
@@ -209,7 +210,7 @@ def test_non_monotone_raw_curve_is_noted_and_the_worst_case_reported():
     images[:, 0, 0, 1] = labels / 10
     data = TensorDataset("toy", images, labels, 10)
     task = _NonMonotone(attack="pgd", epsilons=("0", "1/255", "2/255"), task_name="toy")
-    r = task.evaluate(_Flag(), TaskContext(dataset=data, batch_size=2))
+    r = task.evaluate(_Flag(), TaskContext(data, RunSettings(batch_size=2)))
     assert r.metrics["accuracy_raw/eps/2/255"] == 1.0 and r.metrics["accuracy/eps/2/255"] == 0.0
     assert r.metrics["nonmonotone"] == 4 and any("not monotone" in n for n in r.notes)
 

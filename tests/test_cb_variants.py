@@ -392,7 +392,7 @@ def test_zoo_ablation_models_pair_with_their_same_seed_baseline():
 @pytest.mark.parametrize("position", ["attn", "both"])
 def test_attention_hooks_see_the_softmax_of_an_attention_position_variant(position):
     from cbbench.data.registry import load_dataset
-    from cbbench.tasks import TASKS, TaskContext
+    from cbbench.tasks import TASKS, RunSettings, TaskContext
     from cbbench.tasks.attention import attention_modules, record_attention
 
     base = Normalized(net_of(seed=4), (0.5,) * 3, (0.5,) * 3).eval()
@@ -430,6 +430,6 @@ def test_attention_hooks_see_the_softmax_of_an_attention_position_variant(positi
     torch.testing.assert_close(stats[:, 1, :, 0], entropy, rtol=1e-5, atol=1e-6)
 
     result = TASKS.get("attention_entropy").evaluate(
-        model, TaskContext(dataset=load_dataset("digits"), limit=4, batch_size=4))
+        model, TaskContext(load_dataset("digits"), RunSettings(limit=4, batch_size=4)))
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert 0 < result.metrics["mean_entropy"] < 1 and len([k for k in result.metrics if k.startswith("entropy/")]) == 4

@@ -14,7 +14,8 @@ from torchvision import transforms
 from cbbench.data import classes, device_decode
 from cbbench.data.folders import WORKERS_ENV, default_num_workers, scan_image_folders
 from cbbench.data.make_c import imagenet_c_crop, jpeg_roundtrip
-from cbbench.tasks.base import Pipeline, TaskContext, pipeline_key, run_batches
+from cbbench.tasks.base import TaskContext, run_batches
+from cbbench.tasks.context import Pipeline, RunSettings, pipeline_key
 
 WNIDS = classes.imagenet_wnids()
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
@@ -93,8 +94,8 @@ def test_a_file_the_device_decoder_refuses_is_decoded_by_pil_for_that_file_only(
 
 def test_run_batches_decodes_on_the_device_when_asked_and_notes_the_fallbacks(odd_files):
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 1000)).eval()
-    pil = run_batches(model, TaskContext(dataset=fresh(odd_files), batch_size=4, transform=DEIT))
-    ctx = TaskContext(dataset=fresh(odd_files), batch_size=4, transform=DEIT, decode_on_device=True)
+    pil = run_batches(model, TaskContext(fresh(odd_files), RunSettings(batch_size=4), transform=DEIT))
+    ctx = TaskContext(fresh(odd_files), RunSettings(batch_size=4, decode_on_device=True), transform=DEIT)
     dev = run_batches(model, ctx)
     assert dev["index"].tolist() == pil["index"].tolist() == [0, 1, 2, 3, 4]
     assert any("decoded with PIL instead" in n and "c.JPEG" in n for n in ctx.pipeline_notes)

@@ -23,13 +23,12 @@ import pytest
 import torch
 from torch import nn
 
-from cbbench.data.base import TensorDataset
 from cbbench.data.registry import load_dataset
 from cbbench.store import Store
 from cbbench.tasks import TASKS
 from cbbench.tasks import base as tasks_base
-from cbbench.tasks.base import TaskContext, run_batches
-from tests.conftest import tiny_vit
+from cbbench.tasks.base import run_batches
+from tests.conftest import task_context, tiny_vit
 
 TASK_NAMES = ["clean", "corruptions"]
 MODELS = ["demo_vit", "demo_vit_cb"]
@@ -267,7 +266,7 @@ class OOMAbove(nn.Module):
 
 
 def digits(limit=20, batch_size=8, **kw):
-    return TaskContext(dataset=load_dataset("digits"), limit=limit, batch_size=batch_size, **kw)
+    return task_context(load_dataset("digits"), limit=limit, batch_size=batch_size, **kw)
 
 
 def test_out_of_memory_forward_is_split_and_outcomes_are_identical(caplog):

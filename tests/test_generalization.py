@@ -14,8 +14,8 @@ from cbbench.errors import DatasetMissingError
 from cbbench.metrics import expected_calibration_error, rms_calibration_error
 from cbbench.models.build import Normalized
 from cbbench.models.checkpoint import weights_digest
-from cbbench.tasks import TASKS, TaskContext
-from tests.conftest import tiny_vit
+from cbbench.tasks import TASKS
+from tests.conftest import task_context, tiny_vit
 
 
 def model(cb=False, seed=0):
@@ -23,7 +23,7 @@ def model(cb=False, seed=0):
 
 
 def digits_ctx(limit=40, **kw):
-    return TaskContext(dataset=load_dataset("digits"), limit=limit, batch_size=32, **kw)
+    return task_context(load_dataset("digits"), limit=limit, batch_size=32, **kw)
 
 
 # Small recipes on the embedded downstream data: same code paths as the defaults, a fraction of the cost.

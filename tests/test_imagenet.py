@@ -17,9 +17,9 @@ from cbbench.data.imagenet import LAYOUTS, ImageNetC
 from cbbench.data.transforms import eval_transform_for, normalization_for
 from cbbench.errors import DatasetMissingError
 from cbbench.models.build import Normalized
-from cbbench.tasks import TASKS, TaskContext
+from cbbench.tasks import TASKS
 from cbbench.tasks import imagenet as itasks
-from tests.conftest import SHARED_SAMPLE, tiny_vit
+from tests.conftest import SHARED_SAMPLE, task_context, tiny_vit
 
 WNIDS = classes.imagenet_wnids()
 IDX = classes.wnid_to_index()
@@ -117,10 +117,7 @@ def root(tmp_path_factory):
 
 def ctx_for(root, dataset=None, **kw):
     kw.setdefault("transform", T32)
-    ctx = TaskContext(dataset=dataset, batch_size=3, **kw)
-    ctx.data_root = root
-    ctx.num_workers = 0
-    return ctx
+    return task_context(dataset, batch_size=3, data_root=root, num_workers=0, **kw)
 
 
 # ----------------------------------------------------------------------------- class lists and transforms

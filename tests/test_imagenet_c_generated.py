@@ -16,8 +16,9 @@ from cbbench.data import classes
 from cbbench.data.registry import load_dataset
 from cbbench.data.imagenet import LAYOUTS
 from cbbench.data.make_c import jpeg_roundtrip, make_c
-from cbbench.tasks import TASKS, TaskContext
+from cbbench.tasks import TASKS
 from cbbench.tasks import imagenet_c_generated as gen
+from tests.conftest import task_context
 from tests.test_imagenet import T32, save
 
 WNIDS = classes.imagenet_wnids()
@@ -61,9 +62,7 @@ class Recorder(nn.Module):
 
 
 def ctx_for(root, **kw):
-    ctx = TaskContext(dataset=None, batch_size=2, transform=T32, **kw)
-    ctx.data_root, ctx.num_workers = root, 0
-    return ctx
+    return task_context(None, batch_size=2, transform=T32, data_root=root, num_workers=0, **kw)
 
 
 def test_cells_are_the_engine_applied_to_imagenet_c_crop_of_val(val_root):

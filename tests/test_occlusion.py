@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cbbench.data.registry import load_dataset
-from cbbench.tasks import TASKS, TaskContext
+from cbbench.tasks import TASKS, RunSettings, TaskContext
 from cbbench.tasks.occlusion import PatchDropTask, drop_patches, patch_grid
 from tests.conftest import tiny_vit
 
@@ -32,9 +32,9 @@ def test_the_grid_is_the_models_patch_grid():
 
 def test_dropping_nothing_is_clean_accuracy_and_more_drop_is_reported_per_ratio():
     model = tiny_vit()
-    ctx = TaskContext(dataset=load_dataset("digits"), batch_size=16, limit=48, seed=0)
+    ctx = TaskContext(load_dataset("digits"), RunSettings(batch_size=16, limit=48, seed=0))
     out = PatchDropTask(ratios=(0.0, 0.5)).evaluate(model, ctx)
-    clean = TASKS.get("clean").evaluate(model, TaskContext(dataset=load_dataset("digits"), batch_size=16, limit=48))
+    clean = TASKS.get("clean").evaluate(model, TaskContext(load_dataset("digits"), RunSettings(batch_size=16, limit=48)))
     assert out.metrics["accuracy/0.0"] == clean.metrics["accuracy"]
     assert out.samples["correct"].shape == (48, 2)
     assert out.metrics["mean_accuracy"] == pytest.approx(np.mean(out.samples["correct"]))

@@ -14,8 +14,10 @@ from cbbench.data.registry import load_dataset
 from cbbench.store import Store
 from cbbench.tasks import TASKS, TaskContext
 from cbbench.tasks import base, calibration, corruptions, epsilon_sweep, imagenet_c_generated
+from cbbench.tasks.context import RunSettings
 from cbbench.tasks.base import run_batches
 from tests.test_imagenet_c_generated import Recorder, ctx_for, val_root  # noqa: F401 (a fixture)
+from tests.conftest import task_context
 from tests.test_stream import store_context
 
 
@@ -34,6 +36,7 @@ class CountingDigits:
     def __init__(self):
         self.inner, self.reads = load_dataset("digits"), 0
         self.name, self.num_classes = self.inner.name, self.inner.num_classes
+        self.corrupt, self.decode_fallbacks = {}, {}
 
     def __len__(self):
         return len(self.inner)
@@ -86,7 +89,7 @@ def both_orders(task, model, make_ctx, monkeypatch, *modules):
 def test_corruption_tasks_read_each_batch_once_and_give_the_per_cell_numbers(task, monkeypatch):
     model = conv_net()
     (one, reads_one), (ref, reads_ref) = both_orders(
-        task, model, lambda: TaskContext(dataset=CountingDigits(), batch_size=8, limit=20, seed=3), monkeypatch,
+        task, model, lambda: TaskContext(CountingDigits(), RunSettings(batch_size=8, limit=20, seed=3)), monkeypatch,
         corruptions)
     assert_identical(one, ref)
     cells = len(task.corruptions) * len(task.severities) + isinstance(task, calibration.CalibrationTask)
@@ -98,7 +101,7 @@ def test_epsilon_sweeps_read_each_batch_once_and_give_the_per_cell_numbers(name,
     task = dataclasses.replace(TASKS.get(name), epsilons=("0", "1/255", "8/255"))
     model = conv_net()
     (one, reads_one), (ref, reads_ref) = both_orders(
-        task, model, lambda: TaskContext(dataset=CountingDigits(), batch_size=16, limit=40, seed=3), monkeypatch,
+        task, model, lambda: TaskContext(CountingDigits(), RunSettings(batch_size=16, limit=40, seed=3)), monkeypatch,
         epsilon_sweep)
     assert_identical(one, ref)
     assert (reads_one, reads_ref) == (1, 4)  # clean + 3 budgets
@@ -142,9 +145,9 @@ def test_an_interrupted_one_pass_resumes_each_cell_from_its_own_stored_batches(t
     def cells(seen_a, seen_b, fail_at=None):
         return {"clean": None, "a": noisy(0.1, seen_a), "b": noisy(0.3, seen_b, fail_at)}
 
-    want = run_batches(model, TaskContext(dataset=digits, batch_size=32, limit=150), cells=cells([], []))
+    want = run_batches(model, TaskContext(digits, RunSettings(batch_size=32, limit=150)), cells=cells([], []))
     for d, p in cells([], []).items():  # each cell as its own loop gives the same outcomes
-        got = run_batches(model, TaskContext(dataset=digits, batch_size=32, limit=150), p, desc=d)
+        got = run_batches(model, TaskContext(digits, RunSettings(batch_size=32, limit=150)), p, desc=d)
         for k in want[d]:
             np.testing.assert_array_equal(got[k], want[d][k])
     with Store(tmp_path) as store:
@@ -165,7 +168,7 @@ def test_an_interrupted_one_pass_resumes_each_cell_from_its_own_stored_batches(t
 def test_parts_computes_only_the_missing_cells_in_one_call():
     stored = {"a": {"x": np.array([1])}}
     saved, calls = {}, []
-    ctx = TaskContext(dataset=None, load_part=stored.get, save_part=saved.__setitem__)
+    ctx = task_context(None, load_part=stored.get, save_part=saved.__setitem__)
 
     def compute(todo):
         calls.append(list(todo))
@@ -178,4 +181,4 @@ def test_parts_computes_only_the_missing_cells_in_one_call():
 
 def test_run_batches_takes_perturb_or_cells_not_both():
     with pytest.raises(TypeError, match="either perturb/desc or cells"):
-        base.run_batches(conv_net(), TaskContext(dataset=load_dataset("digits")), desc="x", cells={"y": None})
+        base.run_batches(conv_net(), TaskContext(load_dataset("digits")), desc="x", cells={"y": None})

@@ -296,6 +296,9 @@ BAD = [  # (arguments, environment, exit code, message fragment)
     (["datasets", "make-c", "--src", ".", "--out", "o", "--severities", "9"], {}, 2, "severity(ies) [9]"),
     (["datasets", "make-c", "--src", ".", "--out", "o", "--corruptions", "fogg"], {}, 2,
      "unknown corruption(s) ['fogg']"),
+    # engines have one name everywhere (cell keys, suite files, this option): no CLI-only short names
+    (["datasets", "make-c", "--src", ".", "--out", "o", "--engine", "torch"], {}, 2,
+     "invalid choice: 'torch' (choose from"),
     *([(["run", "--device", "cuda:7"], {}, 2, "no CUDA GPU")] if not torch.cuda.is_available() else []),
     (["train", "nope_model"], {}, 2, "unknown model 'nope_model'"),
     (["train", "--recipe", "deit"], {}, 2, "--recipe needs --arch"),
@@ -349,9 +352,10 @@ def test_sigterm_and_a_closed_pipe(random_checkpoints, tmp_path):
 
 def test_a_dataset_whose_images_are_all_undecodable_says_so(tmp_path):
     from cbbench.tasks.base import TaskContext, run_batches
+    from cbbench.tasks.context import RunSettings
 
     class AllCorrupt:
-        name, corrupt = "folder", {0: "a.JPEG: cannot identify image file"}
+        name, corrupt, decode_fallbacks = "folder", {0: "a.JPEG: cannot identify image file"}, {}
 
         def __len__(self):
             return 1
@@ -360,7 +364,7 @@ def test_a_dataset_whose_images_are_all_undecodable_says_so(tmp_path):
             return iter(())
 
     with pytest.raises(ValueError, match="all 1 image file.* were undecodable .*a.JPEG"):
-        run_batches(torch.nn.Identity(), TaskContext(dataset=AllCorrupt(), batch_size=4))
+        run_batches(torch.nn.Identity(), TaskContext(AllCorrupt(), RunSettings(batch_size=4)))
 
 
 def test_runs_wraps_long_model_lists_to_the_terminal(tmp_path, capsys, monkeypatch):

@@ -6,7 +6,6 @@ missing batches are evaluated and that the outcomes equal an uninterrupted run.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from torch import nn
 from cbbench.data.registry import load_dataset
 from cbbench.data.folders import ImageFolderDataset
 from cbbench.store import Store
+from cbbench.tasks.context import CellStore, RunSettings
 from cbbench.tasks.base import TaskContext, run_batches
 
 
@@ -32,9 +32,7 @@ def model_for(num_classes: int) -> nn.Module:
 def store_context(store: Store, dataset, every_s: float = 0.0, **kw) -> TaskContext:
     """A context wired to ``store`` for one cell, as the runner wires it."""
     key = "cell"
-    return TaskContext(dataset=dataset, load_part=lambda p: store.get_part(key, p),
-                       save_part=lambda p, a: store.put_part(key, p, a),
-                       load_parts=lambda prefix: store.get_parts(key, prefix), stream_every_s=every_s, **kw)
+    return TaskContext(dataset, RunSettings(**kw), CellStore(store, key, every_s))
 
 
 def perturbation(seen: list[int], fail_at: int | None = None):
@@ -60,7 +58,7 @@ def assert_equal_outcomes(got: dict, want: dict) -> None:
 def test_an_interrupted_loop_resumes_from_its_stored_batches_and_gives_the_uninterrupted_outcomes(tmp_path):
     digits = load_dataset("digits")
     model = model_for(digits.num_classes)
-    want = run_batches(model, TaskContext(dataset=digits, batch_size=32), perturbation([]), desc="noisy")
+    want = run_batches(model, TaskContext(digits, RunSettings(batch_size=32)), perturbation([]), desc="noisy")
 
     with Store(tmp_path) as store:
         first: list[int] = []
@@ -86,7 +84,7 @@ def test_a_rerun_with_another_batch_size_does_not_reuse_the_stored_batches(tmp_p
         seen: list[int] = []
         got = run_batches(model, store_context(store, digits, batch_size=50), perturbation(seen), desc="x")
     assert seen == list(range(0, 360, 50))
-    assert_equal_outcomes(got, run_batches(model, TaskContext(dataset=digits, batch_size=50), perturbation([]),
+    assert_equal_outcomes(got, run_batches(model, TaskContext(digits, RunSettings(batch_size=50)), perturbation([]),
                                            desc="x"))
 
 
@@ -96,8 +94,8 @@ def test_writes_are_throttled_and_the_rest_is_written_when_the_loop_stops(tmp_pa
     with Store(tmp_path) as store:
         writes: list[int] = []
         ctx = store_context(store, digits, every_s=3600.0, batch_size=32)
-        save = ctx.save_part
-        ctx.save_part = lambda p, a: (writes.append(len(a["index"])), save(p, a))
+        save = ctx.store.put
+        ctx.store.put = lambda p, a: (writes.append(len(a["index"])), save(p, a))
         with pytest.raises(Interrupted):
             run_batches(model, ctx, perturbation([], fail_at=4), desc="slow")
         assert writes == [4 * 32], "one write: when the loop raised, with every batch finished before it"
@@ -109,7 +107,7 @@ def test_two_loops_of_one_task_with_the_same_name_are_refused(tmp_path):
         ctx = store_context(store, digits, limit=8)
         run_batches(model_for(10), ctx, desc="clean")
         with pytest.raises(RuntimeError, match="both named 'clean'"):
-            run_batches(model_for(10), dataclasses.replace(ctx, limit=4), desc="clean")
+            run_batches(model_for(10), ctx.with_run(limit=4), desc="clean")
 
 
 def test_file_datasets_skip_decoding_stored_batches_and_keep_the_corrupt_files_found_before(tmp_path, monkeypatch):
@@ -128,7 +126,7 @@ def test_file_datasets_skip_decoding_stored_batches_and_keep_the_corrupt_files_f
 
     model = model_for(2)
     reference = dataset()
-    want = run_batches(model, TaskContext(dataset=reference, batch_size=3), perturbation([]), desc="files")
+    want = run_batches(model, TaskContext(reference, RunSettings(batch_size=3)), perturbation([]), desc="files")
     assert list(reference.corrupt) == [1]
 
     asked: list = []
@@ -145,6 +143,24 @@ def test_file_datasets_skip_decoding_stored_batches_and_keep_the_corrupt_files_f
                         desc="files")
         fresh = dataset()
         got = run_batches(model, store_context(store, fresh, batch_size=3), perturbation([]), desc="files")
-    assert asked == [None, [2, 3]], "the rerun must decode only batches 2 and 3"
+    assert asked == [[0, 1, 2, 3], [2, 3]], "the rerun must decode only batches 2 and 3"
     assert fresh.corrupt == reference.corrupt, "a corrupt file in a stored batch must still be reported"
     assert_equal_outcomes(got, want)
+
+
+def test_a_cell_store_reads_and_writes_only_its_own_cell(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": np.arange(3)}
+
+    with Store(tmp_path) as store:
+        mine, other = CellStore(store, "cell-a", 1.0), CellStore(store, "cell-b", None)
+        assert mine.get_or_compute("part", compute)["x"].tolist() == [0, 1, 2]
+        assert mine.get_or_compute("part", compute)["x"].tolist() == [0, 1, 2] and len(calls) == 1
+        assert other.get("part") is None and other.get_all("pa") == []
+        assert [p["x"].tolist() for p in mine.get_all("pa")] == [[0, 1, 2]]
+    nothing = CellStore()  # a context without a store keeps nothing and streams nothing
+    nothing.put("part", {"x": np.arange(3)})
+    assert nothing.get("part") is None and nothing.stream_every_s is None

@@ -14,8 +14,9 @@ from cbbench.data.registry import load_dataset
 from cbbench.models.build import Normalized
 from cbbench.tasks import TASKS, TaskContext
 from cbbench.tasks.attention import record_attention
+from cbbench.tasks.context import RunSettings
 from cbbench.tasks.base import run_batches
-from tests.conftest import tiny_vit
+from tests.conftest import task_context, tiny_vit
 
 
 def model(cb=False, seed=0):
@@ -23,7 +24,7 @@ def model(cb=False, seed=0):
 
 
 def ctx(limit=20, **kw):
-    return TaskContext(dataset=load_dataset("digits"), limit=limit, batch_size=8, **kw)
+    return task_context(load_dataset("digits"), limit=limit, batch_size=8, **kw)
 
 
 class Constant(nn.Module):
@@ -45,7 +46,7 @@ def test_batch_loop_records_per_sample_outcomes_in_order():
     images[7, 0, 0, 0] = 1.0
     labels = torch.tensor([3, 1, 3, 3, 0, 3, 3, 3, 2, 3])
     data = TensorDataset("toy", images, labels, 10)
-    out = run_batches(Constant(3), TaskContext(dataset=data, batch_size=4))
+    out = run_batches(Constant(3), TaskContext(data, RunSettings(batch_size=4)))
     assert out["index"].tolist() == list(range(10))
     assert out["correct"].tolist() == [True, False, True, True, False, True, True, False, False, True]
     assert out["finite"].tolist() == [i != 7 for i in range(10)]
@@ -57,14 +58,14 @@ def test_clean_task_reports_non_finite_logits_and_calibration():
     images = torch.zeros(4, 3, 32, 32)
     images[0, 0, 0, 0] = 1.0
     data = TensorDataset("toy", images, torch.tensor([3, 3, 3, 1]), 10)
-    result = TASKS.get("clean").evaluate(Constant(3), TaskContext(dataset=data, batch_size=2))
+    result = TASKS.get("clean").evaluate(Constant(3), TaskContext(data, RunSettings(batch_size=2)))
     assert result.metrics["accuracy"] == 0.5 and result.metrics["nonfinite"] == 1
     assert 0 <= result.metrics["ece"] <= 1
 
 
 def test_limit_and_order_are_deterministic():
     a = run_batches(model(), ctx(limit=13))
-    b = run_batches(model(), TaskContext(dataset=load_dataset("digits"), limit=13, batch_size=5))
+    b = run_batches(model(), TaskContext(load_dataset("digits"), RunSettings(limit=13, batch_size=5)))
     assert len(a["index"]) == 13
     for key in ("pred", "correct", "label"):
         np.testing.assert_array_equal(a[key], b[key])
@@ -199,7 +200,7 @@ class Probe(nn.Module):
 
 def test_amp_applies_to_the_evaluation_forward_only_and_attacks_stay_fp32():
     from cbbench.tasks.adversarial import LinfAttackTask
-    from cbbench.tasks.base import Pipeline
+    from cbbench.tasks.context import Pipeline
 
     m = model()
     probe = Probe(m)
@@ -229,7 +230,7 @@ def test_amp_applies_to_the_evaluation_forward_only_and_attacks_stay_fp32():
 
 
 def test_channels_last_feeds_nhwc_and_keeps_predictions():
-    from cbbench.tasks.base import Pipeline
+    from cbbench.tasks.context import Pipeline
 
     plain = run_batches(model(), ctx(limit=16))
     m = model().to(memory_format=torch.channels_last)
@@ -241,7 +242,7 @@ def test_channels_last_feeds_nhwc_and_keeps_predictions():
 
 
 def test_compile_is_used_when_it_works_and_falls_back_to_eager_with_a_note(monkeypatch, caplog):
-    from cbbench.tasks.base import Pipeline
+    from cbbench.tasks.context import Pipeline
 
     plain = run_batches(model(), ctx(limit=16))
     real_compile, compiled_calls = torch.compile, []
@@ -305,13 +306,13 @@ def test_batches_are_pinned_only_for_cuda(tmp_path):
     asked = []
     original = type(ds).batches
 
-    def recording(self, batch_size, limit=None, transform=None, pin_memory=None):
+    def recording(self, batch_size, limit=None, transform=None, pin_memory=None, **kw):
         asked.append(pin_memory)
-        for x, y, idx in original(self, batch_size, limit, transform, pin_memory=pin_memory):
+        for x, y, idx in original(self, batch_size, limit, transform, pin_memory=pin_memory, **kw):
             assert not x.is_pinned()
             yield x, y, idx
     ds.batches = recording.__get__(ds)
-    out = run_batches(model(), TaskContext(dataset=ds, batch_size=4))
+    out = run_batches(model(), TaskContext(ds, RunSettings(batch_size=4)))
     assert asked == [False] and out["index"].tolist() == list(range(6))
 
 
@@ -376,3 +377,25 @@ def test_attention_entropy_of_a_model_without_attention_is_not_applicable():
 
     with pytest.raises(CellNotApplicable, match="no timm attention modules"):
         attention_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()))
+
+
+def test_every_dataset_kind_follows_the_one_protocol(tmp_path):
+    """In-memory, resized in-memory and file datasets all are EvalDatasets; ``only`` picks batches everywhere."""
+    from PIL import Image
+
+    from cbbench.data.base import EvalDataset
+    from cbbench.data.downstream import load_downstream
+    from cbbench.data.folders import scan_image_folders
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / c / f"{i}.png")
+    datasets = [load_dataset("digits"), load_downstream("mnist5k", None, (32, 32)).test,
+                scan_image_folders(tmp_path, {"a": 0, "b": 1}, name="toy", num_classes=10)]
+    for ds in datasets:
+        assert isinstance(ds, EvalDataset), type(ds).__name__
+        ds.num_workers = 0
+        got = [idx.tolist() for _, _, idx in ds.batches(2, 6, only=[0, 2])]
+        assert got == [[0, 1], [4, 5]], ds.name
+        assert ds.corrupt_within(6) == [] and isinstance(ds.relpath(0), str)

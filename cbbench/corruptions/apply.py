@@ -9,14 +9,13 @@ from collections import OrderedDict
 
 import torch
 
+from cbbench.corruptions.catalog import ENGINES, TORCH_ENGINE
 from cbbench.corruptions.reference import reference_corrupt
 from cbbench.seeding import batch_seed
 
 __all__ = ["CACHE_BYTES", "ENGINES", "check_engine", "clear_cache", "corrupt_batch", "corrupt_batch_cached",
            "engine_seeds_per_batch"]
 
-#: The corruption engines, as they enter cell keys: the reference (imagecorruptions 1.1.2) first, the default.
-ENGINES = ("imagecorruptions-1.1.2", "cbbench-torch")
 
 CACHE_BYTES = 512 * 2**20
 _cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -30,7 +29,7 @@ def check_engine(engine: str) -> None:
 def engine_seeds_per_batch(engine: str) -> bool:
     """Whether ``engine``'s draws follow the batch boundaries (``corrupt_batch``: the torch engine draws from
     one generator per batch; the reference seeds each image), so a task using it is ``seeded_per_batch``."""
-    return engine == "cbbench-torch"
+    return engine == TORCH_ENGINE
 
 
 def corrupt_batch(x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, seed: int,
@@ -41,7 +40,7 @@ def corrupt_batch(x: torch.Tensor, idx: torch.Tensor, name: str, severity: int, 
     each image seeded by (seed, its own index), so gaps left by undecodable files
     change nothing for the others.
     """
-    if engine == "cbbench-torch":
+    if engine == TORCH_ENGINE:
         from cbbench.corruptions.engine import corrupt
 
         generator = torch.Generator(x.device).manual_seed(batch_seed(seed, idx[0]))

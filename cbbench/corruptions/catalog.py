@@ -1,4 +1,4 @@
-"""The ImageNet-C corruption catalog (Hendrycks & Dietterich, 2019): names, families, severities.
+"""The ImageNet-C corruption catalog (Hendrycks & Dietterich, 2019): names, families, severities, engines.
 
 The one place these are written. Torch- and numpy-free, so listing datasets, validating a suite
 file or the CLI can use it without loading either. The orders are part of cell keys (tasks store
@@ -6,7 +6,8 @@ their corruption lists in their parameters): do not reorder.
 """
 from __future__ import annotations
 
-__all__ = ["ALL_CORRUPTIONS", "BENCHMARK_CORRUPTIONS", "FAMILIES", "HELDOUT_CORRUPTIONS", "SEVERITIES"]
+__all__ = ["ALL_CORRUPTIONS", "BENCHMARK_CORRUPTIONS", "ENGINES", "FAMILIES", "HELDOUT_CORRUPTIONS", "REFERENCE_ENGINE",
+           "SEVERITIES", "TORCH_ENGINE"]
 
 #: The 15 corruptions averaged in mCE (noise, blur, weather, digital), in the canonical ImageNet-C order.
 BENCHMARK_CORRUPTIONS: tuple[str, ...] = (
@@ -31,3 +32,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+#: The corruption engines (corruptions/apply.py) by the one name they have everywhere: cell keys, suite
+#: files, ``cbbench datasets make-c --engine``.
+REFERENCE_ENGINE = "imagecorruptions-1.1.2"  # the reference implementation, per image, CPU
+TORCH_ENGINE = "cbbench-torch"  # cbbench's batched engine (CPU or GPU)
+ENGINES: tuple[str, ...] = (REFERENCE_ENGINE, TORCH_ENGINE)

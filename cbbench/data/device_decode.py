@@ -122,7 +122,7 @@ class DeviceDecoder:
 
 def fallback_note(ds) -> list[str]:
     """The note on the files of ``ds`` the device decoder refused (decoded with PIL instead); [] when none."""
-    fallbacks = getattr(ds, "decode_fallbacks", None)
+    fallbacks = ds.decode_fallbacks
     if not fallbacks:
         return []
     first = min(fallbacks)

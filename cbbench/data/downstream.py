@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,13 +72,6 @@ class ResizedTensorDataset(TensorDataset):
             x = F.interpolate(x, size=tuple(self.size), mode="bilinear", align_corners=False, antialias=True)
             x = x.clamp(0, 1)
         return x.contiguous()
-
-    def batches(self, batch_size: int, limit: int | None = None, transform=None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        n = len(self) if limit is None else min(limit, len(self))
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            yield self._ready(self.images[start:stop]), self.labels[start:stop], torch.arange(start, stop)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from cbbench.corruptions.catalog import TORCH_ENGINE
 from cbbench.corruptions.apply import check_engine, corrupt_batch
 
 JPEG_SETTINGS = {"quality": 85, "optimize": True}
@@ -98,7 +99,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def make_c(src: str | Path, out: str | Path, corruptions: Sequence[str], severities: Sequence[int], *,
-           engine: str = "cbbench-torch", seed: int = 0, batch_size: int = 64, limit: int | None = None,
+           engine: str = TORCH_ENGINE, seed: int = 0, batch_size: int = 64, limit: int | None = None,
            device: str | torch.device = "cpu", num_workers: int | None = None,
            progress: Callable[[int, str], object] | None = None) -> dict[str, int]:
     """Write ImageNet-C cells for the val folder ``src`` into ``out``; counts of written / existing / corrupt files."""

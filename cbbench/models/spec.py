@@ -162,25 +162,22 @@ class ModelSpec:
 
     def cb_label(self) -> str:
         """A short human label: "" without CB, "CB" for the paper's, "CB(position=attn, layers=last-4, alpha=0.25)"."""
-        if not self.cb:
-            return ""
-        settings = self.cb_settings(defaults=False)
-        if not settings:
-            return "CB"
-        parts = [f"{k}={_format_layers(v, ', ') if k == 'layers' else str(v).lower() if k == 'scaled' else v}"
-                 for k, v in settings.items()]
-        return f"CB({', '.join(parts)})"
+        return self._cb_text("CB", ", ")
 
     def cb_suffix(self) -> str:
         """The ad-hoc syntax for this spec's CB: "", "+cb" or "+cb(position=attn,alpha=0.25)" (parse_adhoc reads it)."""
+        return self._cb_text("+cb", ",")
+
+    def _cb_text(self, word: str, sep: str) -> str:
+        """"" without CB, ``word`` for the paper's CB, else ``word(k=v<sep>...)`` with the non-default settings."""
         if not self.cb:
             return ""
         settings = self.cb_settings(defaults=False)
         if not settings:
-            return "+cb"
-        parts = [f"{k}={_format_layers(v, ',') if k == 'layers' else str(v).lower() if k == 'scaled' else v}"
+            return word
+        parts = [f"{k}={_format_layers(v, sep) if k == 'layers' else str(v).lower() if k == 'scaled' else v}"
                  for k, v in settings.items()]
-        return f"+cb({','.join(parts)})"
+        return f"{word}({sep.join(parts)})"
 
     def to_dict(self) -> dict:
         d = asdict(self)

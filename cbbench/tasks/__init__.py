@@ -1,5 +1,6 @@
 """Tasks: one family per module, all running through the batch loop in tasks/base.py."""
 from cbbench.tasks.base import TASKS, Task, TaskContext, TaskResult
+from cbbench.tasks.context import RunSettings
 
 # Importing the families registers their tasks.
 from cbbench.tasks import (  # noqa: E402,F401
@@ -7,4 +8,4 @@ from cbbench.tasks import (  # noqa: E402,F401
     imagenet_c_generated, occlusion, transfer_attack, transfer_learning,
 )
 
-__all__ = ["TASKS", "Task", "TaskContext", "TaskResult"]
+__all__ = ["TASKS", "RunSettings", "Task", "TaskContext", "TaskResult"]

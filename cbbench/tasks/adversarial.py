@@ -108,7 +108,7 @@ class LinfAttackTask(AttackTask):
             if self.attack == "fgsm":
                 return fgsm(model, x, y, self.eps)
             return pgd(model, x, y, self.eps, steps=self.steps, step_size=self.step_size,
-                       random_start=self.random_start, generator=batch_seed(ctx.seed, idx[0]))
+                       random_start=self.random_start, generator=batch_seed(ctx.run.seed, idx[0]))
         return attack
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:

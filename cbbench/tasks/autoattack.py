@@ -12,7 +12,7 @@ Each batch is one ``perturb`` call of ``run_batches`` and one stored part
 (``batch{i}[{start}:{stop}]``), holding the adversarial images that differ from
 the clean ones, AutoAttack's own predictions and its warnings: an interrupted
 cell resumes at the first unfinished batch. (Under torchrun only rank 0's
-batches are stored: see ``_batch_part``.) Parts are float32 images, so
+batches are stored: ``CellStore.get_or_compute``.) Parts are float32 images, so
 resuming costs storage: about 12 KB per attacked image at 32x32 (600 KB at 224).
 
 Reported: ``accuracy`` = robust accuracy, an image being robust when the model
@@ -30,16 +30,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cbbench import distributed
 from cbbench.attacks.autoattack import check_variant, parse_budget
 from cbbench.seeding import batch_seed
 from cbbench.tasks.adversarial import AttackTask
 from cbbench.tasks.base import (
-    Metric, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
+    Metric, NamedByField, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
 )
 
 
 @dataclass(frozen=True)
-class AutoAttackTask(AttackTask):
+class AutoAttackTask(NamedByField, AttackTask):
     variant: str = "standard"
     eps: str = "8/255"
     norm: str = "Linf"
@@ -56,10 +57,6 @@ class AutoAttackTask(AttackTask):
         parse_budget(self.eps, self.norm)
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n (the first n test images) must be an int >= 1, got {self.n!r}")
-
-    @property
-    def name(self) -> str:
-        return self.task_name
 
     @property
     def own_dataset(self) -> bool:
@@ -88,7 +85,7 @@ class AutoAttackTask(AttackTask):
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         from cbbench.attacks import autoattack as aa  # pyautoattack and foolbox load only when attacking
 
-        sub = dataclasses.replace(ctx, limit=self.n if ctx.limit is None else min(self.n, ctx.limit))
+        sub = ctx.with_run(limit=self.n if ctx.run.limit is None else min(self.n, ctx.run.limit))
         if self.dataset is not None:
             from cbbench.tasks.imagenet import model_transform, resolve_dataset
 
@@ -102,14 +99,15 @@ class AutoAttackTask(AttackTask):
 
             def compute() -> dict[str, np.ndarray]:
                 out = aa.autoattack(model, x, y, self.eps, norm=self.norm, variant=self.variant,
-                                    seed=batch_seed(sub.seed, idx[0]))
+                                    seed=batch_seed(sub.run.seed, idx[0]))
                 changed = (out.x_adv != x).flatten(1).any(dim=1)
                 return {"index": idx.cpu().numpy(), "changed": changed.cpu().numpy(),
                         "x_changed": out.x_adv[changed].to(torch.float32).cpu().numpy(),
                         "aa_pred": out.pred.cpu().numpy(),
                         "warnings": np.array(out.warnings, dtype=str)}
 
-            part = _batch_part(sub, f"batch{start // sub.batch_size}[{start}:{stop}]", compute)
+            # no collective here: each torchrun rank attacks its own batches (CellStore.get_or_compute)
+            part = sub.store.get_or_compute(f"batch{start // sub.run.batch_size}[{start}:{stop}]", compute)
             if not np.array_equal(part["index"], idx.cpu().numpy()):
                 raise RuntimeError(f"stored AutoAttack part for images {start}:{stop} holds other images")
             x_adv = x.clone()
@@ -123,13 +121,11 @@ class AutoAttackTask(AttackTask):
         # Not streamed: each batch's attack is already a stored part, and its warnings come from perturb.
         adv = run_batches(model, sub, perturb, desc=self.name, stream=False,
                           extras=lambda: {"autoattack_pred": current.pop("autoattack_pred")})
-        notes = [f"AutoAttack warning: {w}" for w in _gather_strings(warnings)]
-        if hasattr(sub.dataset, "corrupt_within"):
-            from cbbench.tasks.imagenet import corrupt_note
+        notes = [f"AutoAttack warning: {w}" for w in distributed.gathered_unique(warnings)]
+        from cbbench.tasks.imagenet import corrupt_note
 
-            bad = sub.dataset.corrupt_within(sub.limit)
-            notes += corrupt_note(self.name, [sub.dataset.paths[i] for i in bad],
-                                  [sub.dataset.corrupt[i] for i in bad])
+        bad = sub.dataset.corrupt_within(sub.run.limit)
+        notes += corrupt_note(self.name, [sub.dataset.relpath(i) for i in bad], [sub.dataset.corrupt[i] for i in bad])
         robust = adv["correct"].astype(bool)
         clean_correct = clean["correct"].astype(bool)
         own = adv["autoattack_pred"]
@@ -150,35 +146,6 @@ class AutoAttackTask(AttackTask):
         samples["clean_correct"] = clean_correct
         samples["clean_pred"] = clean["pred"]
         return TaskResult(metrics, samples, notes)
-
-
-def _batch_part(ctx: TaskContext, name: str, compute) -> dict[str, np.ndarray]:
-    """``ctx.part`` for one batch, without its collective: safe inside ``perturb`` under torchrun.
-
-    ``TaskContext.part`` broadcasts rank 0's stored value to every rank, which
-    only works when all ranks ask for the same part at the same time; inside
-    ``perturb`` each rank runs its own batches. So batches read and write the
-    store directly: rank 0's batches are resumable, the other ranks hold a store
-    that reads and writes nothing (they recompute their batches, with the same
-    seeds). In one process this is exactly ``ctx.part``.
-    """
-    stored = ctx.load_part(name)
-    if stored is not None:
-        return stored
-    arrays = compute()
-    ctx.save_part(name, arrays)
-    return arrays
-
-
-def _gather_strings(items: list[str]) -> list[str]:
-    """Every rank's messages, deduplicated in order (just ``items`` in one process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return items
-    shards: list = [None] * dist.get_world_size()
-    dist.all_gather_object(shards, items)
-    return list(dict.fromkeys(m for shard in shards for m in shard))
 
 
 for _task in (

@@ -7,12 +7,10 @@ per-sample outcomes happens once, here.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import logging
 import weakref
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -21,46 +19,10 @@ import torch
 from cbbench import distributed
 from cbbench.data.device_decode import fallback_note
 from cbbench.registry import Registry
+from cbbench.tasks.context import AMP_DTYPES, TaskContext
 from cbbench.tasks.stream import OutcomeStream
 
 log = logging.getLogger(__name__)
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """How the evaluation forward in ``run_batches`` runs (``cbbench run --amp/--channels-last/--compile``).
-
-    All off by default, and then the numbers are exactly those of a plain fp32
-    eager forward. Only the evaluation forward is affected: perturbations
-    (corruptions, attacks) run outside autocast and on the eager model, so attack
-    gradients stay fp32. Anything other than the default can change logits in the
-    last bits (bf16/fp16 by much more), so a non-default pipeline is part of the
-    cell key and of the provenance.
-    """
-
-    amp: str = "off"  # off | bf16 | fp16: autocast dtype of the evaluation forward
-    channels_last: bool = False  # NHWC input (the runner converts the model's 4-D weights too)
-    compile: bool = False  # torch.compile the model for the evaluation forward; eager if compiling fails
-
-    def __post_init__(self):
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"unknown --amp {self.amp!r}; use one of {', '.join(AMP_DTYPES)}")
-
-    @property
-    def is_default(self) -> bool:
-        return self == Pipeline()
-
-    def describe(self) -> dict:
-        return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile}
-
-
-def pipeline_key(pipeline: Pipeline, decode_on_device: bool = False) -> dict | None:
-    """What of the way a cell ran enters its key: None for the defaults (plain fp32 forward, PIL decoding), so
-    those keys stay what they always were; a non-default pipeline, and device decoding where it changes pixels."""
-    key = None if pipeline.is_default else pipeline.describe()
-    return dict(key or {}, decode="gpu") if decode_on_device else key
 
 
 @dataclass(frozen=True)
@@ -81,77 +43,6 @@ class TaskResult:
     metrics: dict[str, float]
     samples: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class TaskContext:
-    """What a task gets besides the model: data, device, limits, seed, progress and partial results."""
-
-    dataset: Any
-    device: torch.device = torch.device("cpu")
-    batch_size: int = 128
-    limit: int | None = None
-    seed: int = 0
-    # Root of the datasets (--data-root / CBBENCH_DATA); None: the embedded default only.
-    data_root: Path | None = None
-    # The model's own eval transform (PIL image -> [0,1] tensor) for datasets read from files.
-    transform: Callable | None = None
-    # The model this one is compared with (a CB model's baseline, a baseline's CB twin), e.g.
-    # as the source of transfer attacks; None when the run has no such pair.
-    partner: torch.nn.Module | None = None
-    progress: Callable[..., Any] = lambda total, desc: _NoProgress()
-    load_part: Callable[[str], dict | None] = lambda part: None
-    save_part: Callable[[str, dict], None] = lambda part, arrays: None
-    # Every stored part whose name starts with the given prefix (run_batches' streamed outcomes).
-    load_parts: Callable[[str], list[dict]] = lambda prefix: []
-    # Seconds between writes of run_batches' outcomes to the store (tasks/stream.py); None: no streaming
-    # (a context without a store). The runner sets it.
-    stream_every_s: float | None = None
-    streams: set[str] = field(default_factory=set)  # stream names used in this cell (must be unique)
-    pipeline: Pipeline = Pipeline()
-    # --decode gpu: image files are decoded (and generated ImageNet-C's JPEG round trip runs) with torchvision
-    # on ``device`` instead of PIL on the host (data/device_decode.py). The runner sets it; it enters the cell key.
-    decode_on_device: bool = False
-    # What the batch loop had to do differently (an out-of-memory split); shared by replace()d copies,
-    # the runner puts it in the cell's provenance.
-    pipeline_notes: list[str] = field(default_factory=list)
-
-    @property
-    def num_samples(self) -> int:
-        n = len(self.dataset)
-        return n if self.limit is None else min(self.limit, n)
-
-    def part(self, name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Resume support: a named sub-result computed once and kept even if the task is interrupted."""
-        stored = distributed.from_main(self.load_part(name))
-        if stored is not None:
-            return stored
-        arrays = compute()
-        if distributed.is_main():
-            self.save_part(name, arrays)
-        return arrays
-
-    def parts(self, names: list[str], compute: Callable[[list[str]], dict[str, dict[str, np.ndarray]]]
-              ) -> dict[str, dict[str, np.ndarray]]:
-        """``part`` for sub-results computed together in one pass over the data (``run_batches(cells=...)``):
-        the stored ones are read back, the others computed by one ``compute(missing names)`` call and kept."""
-        got = {name: distributed.from_main(self.load_part(name)) for name in names}
-        todo = [name for name in names if got[name] is None]
-        if todo:
-            computed = compute(todo)
-            for name in todo:
-                if distributed.is_main():
-                    self.save_part(name, computed[name])
-                got[name] = computed[name]
-        return got
 
 
 # What a task measures, for the report (which tables and figures its cells feed; detail sections follow this
@@ -197,6 +88,16 @@ class Task:
         raise NotImplementedError
 
 
+class NamedByField:
+    """For a task class registered in several configurations: each instance is named by its ``task_name``."""
+
+    task_name: str
+
+    @property
+    def name(self) -> str:
+        return self.task_name
+
+
 TASKS: Registry[Task] = Registry("task")
 
 
@@ -231,11 +132,11 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     sample indices), each keeps its own stream of stored outcomes, and a batch
     already stored for one cell is evaluated only for the others.
 
-    The evaluation forward follows ``ctx.pipeline`` (autocast, channels-last,
+    The evaluation forward follows ``ctx.run.pipeline`` (autocast, channels-last,
     torch.compile); the perturbation does not. A forward that runs out of memory
     is retried on halves of the batch, down to one image (``_forward``).
 
-    Outcomes are written to the store as the loop goes (``ctx.stream_every_s``;
+    Outcomes are written to the store as the loop goes (``ctx.store.stream_every_s``;
     tasks/stream.py), so a rerun after an interruption evaluates only the batches
     not yet stored. ``stream=False`` for loops whose batches carry state beyond
     their outcomes; ``desc`` names the stream and must be unique within a task.
@@ -250,12 +151,14 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     elif perturb is not None or desc:
         raise TypeError("run_batches: give either perturb/desc or cells, not both")
     rank, world_size = distributed.world()
-    streaming = stream and ctx.stream_every_s is not None and world_size == 1
+    streaming = stream and ctx.store.stream_every_s is not None and world_size == 1
     # Per batch, small numpy arrays (not tensors): ~31 bytes per sample for the standard outcomes.
     records = {d: OutcomeStream(ctx, d, streaming) for d in cells}
     chunk: int | None = None  # forward size that fitted after an out-of-memory error; None: whole batches
     names = list(cells)
-    bar = ctx.progress(total=ctx.num_samples * len(cells),
+    # Under torchrun a rank evaluates batches rank, rank + world, ...: those are what its bar counts.
+    ours = range(rank, math.ceil(ctx.num_samples / ctx.run.batch_size), world_size)
+    bar = ctx.progress(total=sum(min(ctx.run.batch_size, ctx.num_samples - b * ctx.run.batch_size) for b in ours) * len(cells),
                        desc=names[0] if single else f"{names[0]} .. {names[-1]} ({len(cells)} cells, one pass)")
     for d, record in records.items():
         if record.resumed_samples:
@@ -264,18 +167,14 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
             bar.update(record.resumed_samples)
     stored_everywhere = set.intersection(*(r.done for r in records.values()))
     try:
-        for x, y, idx, mine in _batches(ctx, rank, world_size, skip=stored_everywhere):
-            if not mine:  # another rank's batch, or one read back from the store
-                if world_size > 1:
-                    bar.update(len(y) * len(cells))
-                continue
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            batch = int(idx[0]) // ctx.batch_size
+        for x, y, idx in _batches(ctx, [b for b in ours if b not in stored_everywhere]):
+            x, y = x.to(ctx.run.device, non_blocking=True), y.to(ctx.run.device, non_blocking=True)
+            batch = int(idx[0]) // ctx.run.batch_size
             for d, cell_perturb in cells.items():
                 if batch in records[d].done:  # stored by an earlier attempt for this cell
                     continue
                 xc = cell_perturb(x, y, idx) if cell_perturb is not None else x
-                if ctx.pipeline.channels_last and xc.ndim == 4:
+                if ctx.run.pipeline.channels_last and xc.ndim == 4:
                     xc = xc.contiguous(memory_format=torch.channels_last)
                 logits, chunk = _forward(model, xc, ctx, chunk, extras is None)
                 records[d].add(batch, _outcomes(logits, y, idx, class_subset, extras))
@@ -291,14 +190,14 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
         local = record.outcomes() or {k: np.empty(0) for k in ("index", "label", "pred", "correct", "correct_top5",
                                                                  "confidence", "finite")}
         results[d] = distributed.gather_outcomes(local)
-    if world_size > 1 and isinstance(getattr(ctx.dataset, "corrupt", None), dict):
+    if world_size > 1:
         ctx.dataset.corrupt.update(distributed.merged(ctx.dataset.corrupt))  # each rank decoded only its files
     if not len(results[names[0]]["index"]):
-        corrupt = getattr(ctx.dataset, "corrupt", None) or {}
+        corrupt = ctx.dataset.corrupt
         why = (f"all {len(corrupt)} image file(s) it read were undecodable (e.g. {next(iter(corrupt.values()))}); "
                "check the files (cbbench datasets check)" if corrupt else "it holds no images; check the folder "
                "(cbbench datasets check)")
-        raise ValueError(f"dataset {ctx.dataset.name} gave no images to evaluate (limit={ctx.limit}): {why}")
+        raise ValueError(f"dataset {ctx.dataset.name} gave no images to evaluate (limit={ctx.run.limit}): {why}")
     return results[desc] if single else results
 
 
@@ -324,28 +223,15 @@ def _to_numpy(value: torch.Tensor) -> np.ndarray:
     return np.array(value.detach().cpu().numpy(), copy=True)
 
 
-def _batches(ctx: TaskContext, rank: int, world_size: int, skip: set[int]):
-    """(x, y, idx, whether to evaluate it) for the dataset's batches: round robin across ranks, less
-    the batch numbers in ``skip`` (already stored). A batch's number is its first sample index // batch size.
+def _batches(ctx: TaskContext, wanted: list[int]):
+    """(x, y, idx) of the batches numbered ``wanted`` (a batch's number: its first sample index // batch size).
 
-    Datasets read from files decode only the batches to evaluate (``only``), pin memory only
-    when evaluating on CUDA and decode on the device when ``ctx.decode_on_device``; in-memory
-    datasets yield every batch and the others are passed over.
+    Only those are read (a file dataset decodes no others); memory is pinned only when evaluating on CUDA;
+    files are decoded on the device when ``ctx.run.decode_on_device``.
     """
-    kwargs = {"transform": ctx.transform}
-    params = inspect.signature(ctx.dataset.batches).parameters
-    if "pin_memory" in params:
-        kwargs["pin_memory"] = pin_memory_for(ctx.device)
-    if ctx.decode_on_device and "decode_device" in params:
-        kwargs["decode_device"] = torch.device(ctx.device)
-    mine = [b for b in range(rank, math.ceil(ctx.num_samples / ctx.batch_size), world_size) if b not in skip]
-    if "only" in params and (world_size > 1 or skip):
-        for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, only=mine, **kwargs):
-            yield x, y, idx, True
-        return
-    wanted = set(mine)
-    for x, y, idx in ctx.dataset.batches(ctx.batch_size, ctx.limit, **kwargs):
-        yield x, y, idx, int(idx[0]) // ctx.batch_size in wanted
+    return ctx.dataset.batches(ctx.run.batch_size, ctx.run.limit, transform=ctx.transform,
+                               pin_memory=pin_memory_for(ctx.run.device), only=wanted,
+                               decode_device=torch.device(ctx.run.device) if ctx.run.decode_on_device else None)
 
 
 def pin_memory_for(device: torch.device) -> bool:
@@ -388,7 +274,7 @@ def _compiled(model: torch.nn.Module, ctx: TaskContext) -> torch.nn.Module | Non
 
 def _eval_forward(model: torch.nn.Module, x: torch.Tensor, ctx: TaskContext, may_compile: bool) -> torch.Tensor:
     """One evaluation forward (inference mode) under the pipeline's autocast, compiled when asked."""
-    pipeline = ctx.pipeline
+    pipeline = ctx.run.pipeline
     dtype = AMP_DTYPES[pipeline.amp]
     amp = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with torch.inference_mode(), amp:
@@ -433,7 +319,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, ctx: TaskContext, chunk: i
                 raise torch.OutOfMemoryError(
                     f"out of memory in the evaluation forward of {size} images on {x.device}, and this task "
                     f"records per-forward extras so the batch cannot be split: rerun with a smaller "
-                    f"--batch-size (now {ctx.batch_size}). ({_first_line(exc)})"
+                    f"--batch-size (now {ctx.run.batch_size}). ({_first_line(exc)})"
                 ) from exc
             if size == 1:
                 raise torch.OutOfMemoryError(
@@ -447,7 +333,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, ctx: TaskContext, chunk: i
         if x.is_cuda:
             torch.cuda.empty_cache()
     if split:
-        _note(ctx, f"the evaluation forward ran out of memory on {x.device} with batches of {ctx.batch_size}; "
+        _note(ctx, f"the evaluation forward ran out of memory on {x.device} with batches of {ctx.run.batch_size}; "
                    f"they were split into forwards of at most {chunk} images (same outcomes)")
     return (outs[0] if len(outs) == 1 else torch.cat(outs)), chunk
 

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cbbench.corruptions.apply import check_engine, engine_seeds_per_batch
-from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS
+from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS, REFERENCE_ENGINE, TORCH_ENGINE
 from cbbench.metrics import expected_calibration_error, rms_calibration_error
 from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, register_task
-from cbbench.tasks.corruptions import corruption_cells
+from cbbench.tasks.corruptions import UsesEngine, corruption_cells
 
 ECE_BINS = 15
 RMS_BIN_SIZE = 100
@@ -66,26 +65,19 @@ def calibration_metrics(out: dict[str, np.ndarray], suffix: str) -> dict[str, fl
 
 
 @dataclass(frozen=True)
-class CalibrationTask(Task):
+class CalibrationTask(UsesEngine, Task):
     corruptions: tuple[str, ...] = tuple(BENCHMARK_CORRUPTIONS)
     severities: tuple[int, ...] = (3,)
-    engine: str = "imagecorruptions-1.1.2"
+    engine: str = REFERENCE_ENGINE
     task_name: str = ""
 
     version = 1
     kind = "calibration"
     headline = Metric("ece/clean", "ECE clean (15 bins, L1)", False, percent=True, samples="ece_contribution")
 
-    def __post_init__(self):
-        check_engine(self.engine)
-
     @property
     def name(self) -> str:
         return self.task_name or "calibration"
-
-    @property
-    def seeded_per_batch(self) -> bool:
-        return engine_seeds_per_batch(self.engine)
 
     @property
     def protocol(self) -> str:
@@ -125,4 +117,4 @@ class CalibrationTask(Task):
 
 
 register_task(CalibrationTask())
-register_task(CalibrationTask(engine="cbbench-torch", task_name="calibration_torch"))
+register_task(CalibrationTask(engine=TORCH_ENGINE, task_name="calibration_torch"))

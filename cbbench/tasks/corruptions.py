@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbbench.corruptions.apply import ENGINES, check_engine, corrupt_batch_cached, engine_seeds_per_batch
-from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS, SEVERITIES
+from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS, SEVERITIES, TORCH_ENGINE
 from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, register_task, run_batches
 
 
@@ -30,7 +30,7 @@ def corruption_cells(model, ctx: TaskContext, names: list[str], engine: str, pre
     a run_batches call of its own: the corruption of a batch depends only on (seed, sample indices).
     """
     def perturb(c: str, s: int):
-        return lambda x, y, idx: corrupt_batch_cached(ctx.dataset.name, x, idx, c, s, ctx.seed, engine)
+        return lambda x, y, idx: corrupt_batch_cached(ctx.dataset.name, x, idx, c, s, ctx.run.seed, engine)
 
     descs = {}
     for name in names:
@@ -40,8 +40,22 @@ def corruption_cells(model, ctx: TaskContext, names: list[str], engine: str, pre
     return {name: out[desc] for name, (desc, _) in descs.items()}
 
 
+class UsesEngine:
+    """A task with an ``engine`` field (a corruption engine): the name is checked when the task is made, and the
+    engine decides whether the task's random draws follow the batch boundaries (``seeded_per_batch``)."""
+
+    engine: str
+
+    def __post_init__(self):
+        check_engine(self.engine)
+
+    @property
+    def seeded_per_batch(self) -> bool:
+        return engine_seeds_per_batch(self.engine)
+
+
 @dataclass(frozen=True)
-class CorruptionTask(Task):
+class CorruptionTask(UsesEngine, Task):
     corruptions: tuple[str, ...] = tuple(BENCHMARK_CORRUPTIONS)
     severities: tuple[int, ...] = tuple(SEVERITIES)
     engine: str = ENGINES[0]
@@ -50,9 +64,6 @@ class CorruptionTask(Task):
     version = 1
     kind = "corruption"
     figure = "severity"
-
-    def __post_init__(self):
-        check_engine(self.engine)
 
     @property
     def name(self) -> str:
@@ -64,14 +75,10 @@ class CorruptionTask(Task):
         return Metric("mean_accuracy", label, True)
 
     @property
-    def seeded_per_batch(self) -> bool:
-        return engine_seeds_per_batch(self.engine)
-
-    @property
     def protocol(self) -> str:
+        grid = f"{len(self.corruptions)} corruptions x {len(self.severities)} severities"
         return (f"ImageNet-C corruptions generated on the fly with {self.engine} (uint8-quantized), top-1 "
-                f"averaged over {len(self.corruptions)} corruptions x {len(self.severities)} severities; "
-                "no AlexNet normalization")
+                f"averaged over {grid}; no AlexNet normalization")
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         samples: dict[str, np.ndarray] = {}
@@ -158,4 +165,4 @@ def _pixelate_note(ok, params) -> str | None:
 
 
 register_task(CorruptionTask())
-register_task(CorruptionTask(engine="cbbench-torch", task_name="corruptions_torch"))
+register_task(CorruptionTask(engine=TORCH_ENGINE, task_name="corruptions_torch"))

@@ -45,8 +45,8 @@ class CostTask(Task):
                 "median; ratio = this model / its pair (1.0 = same speed)")
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
-        x, _, _ = next(iter(ctx.dataset.batches(ctx.batch_size, ctx.limit, transform=ctx.transform)))
-        x = x.to(ctx.device)
+        x, _, _ = next(iter(ctx.dataset.batches(ctx.run.batch_size, ctx.run.limit, transform=ctx.transform)))
+        x = x.to(ctx.run.device)
         models = [model] + ([ctx.partner] if ctx.partner is not None else [])
         speeds: list[list[float]] = [[] for _ in models]
         for i in range(self.warmup + self.repeats):

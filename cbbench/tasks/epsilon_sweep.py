@@ -117,7 +117,7 @@ class EpsilonSweepTask(AttackTask):
             if value == 0 or self.attack == "fgsm":
                 return fgsm(model, x, y, value)
             return pgd(model, x, y, value, steps=self.steps, step_size=self.rel_step * value,
-                       random_start=self.random_start, generator=batch_seed(ctx.seed, idx[0]))
+                       random_start=self.random_start, generator=batch_seed(ctx.run.seed, idx[0]))
         return attack
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:

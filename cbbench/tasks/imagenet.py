@@ -31,17 +31,21 @@ from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, accuracy_m
 # ----------------------------------------------------------------------------- helpers
 
 def resolve_dataset(ctx: TaskContext, name: str):
-    """Dataset ``name``: the context's own when it is that one, else loaded from ``ctx.data_root``.
+    """Dataset ``name``: the context's own when it is that one, else loaded from ``ctx.run.data_root``.
 
     Raises DatasetMissingError (the runner records a skip with its message) when the
-    data is absent. ``ctx.num_workers``, when the context has it, sets the DataLoader workers.
+    data is absent.
     """
     ds = ctx.dataset
-    if getattr(ds, "name", None) != name:
-        ds = load_dataset(name, getattr(ctx, "data_root", None))
-    workers = getattr(ctx, "num_workers", None)
-    if workers is not None and hasattr(ds, "num_workers"):
-        ds.num_workers = workers
+    if ds is None or ds.name != name:
+        ds = load_dataset(name, ctx.run.data_root)
+    return with_workers(ds, ctx)
+
+
+def with_workers(ds, ctx: TaskContext):
+    """``ds`` reading its files with the run's DataLoader workers (``RunSettings.num_workers``), if it sets them."""
+    if ctx.run.num_workers is not None:
+        ds.num_workers = ctx.run.num_workers
     return ds
 
 
@@ -59,7 +63,7 @@ def _evaluate(model, ctx: TaskContext, ds: ImageFolderDataset, transform: Callab
     """run_batches on ``ds`` with ``transform`` and the dataset's logit mask; (outcomes, corrupt indices)."""
     out = run_batches(model, replace(ctx, dataset=ds, transform=transform), desc=desc,
                       class_subset=ds.class_subset)
-    return out, ds.corrupt_within(ctx.limit)
+    return out, ds.corrupt_within(ctx.run.limit)
 
 
 def corrupt_note(label: str, paths: list[str], errors: list[str]) -> list[str]:
@@ -121,27 +125,30 @@ _EVAL_TF = ("the model's own eval transform (timm pretrained config: resize to i
             "no normalization outside the model)")
 _METRICS = "top-1 (accuracy), top-5, ECE (15 equal-width bins, L1), RMS calibration error (adaptive bins of 100)"
 
+
+
+def _two_hundred_class_pair(x: str, images: str) -> tuple[ImageFolderTask, ImageFolderTask]:
+    """ImageNet-A or -R (``x`` "a" / "r") and its clean counterpart: val restricted to the same 200 classes."""
+    X = x.upper()
+    return (
+        ImageFolderTask(
+            f"imagenet_{x}", f"imagenet_{x}", "shift", f"IN-{X} top-1 (200 cl.)",
+            f"ImageNet-{X} ({images} images, 200 classes), {_EVAL_TF}; the 1000 logits are restricted to the 200 "
+            f"ImageNet-{X} classes BEFORE argmax/softmax, labels = position in the sorted 200-wnid list; "
+            f"200-way {_METRICS}"),
+        ImageFolderTask(
+            f"imagenet_{x}_clean", "imagenet_val", "clean", f"IN-{X} clean top-1 (val, 200 cl.)",
+            f"ImageNet val restricted to ImageNet-{X}'s 200 classes (10,000 images), same 200-logit mask as "
+            f"imagenet_{x} (restricted before argmax), {_EVAL_TF}; 200-way {_METRICS}", val_subset=x),
+    )
+
+
 IMAGE_FOLDER_TASKS = (
     ImageFolderTask(
         "imagenet_clean", "imagenet_val", "clean", "ImageNet top-1",
         f"ImageNet-1k val (50,000 images in wnid folders, labels = position in the sorted 1000-wnid list), "
         f"{_EVAL_TF}; 1000-way {_METRICS}"),
-    ImageFolderTask(
-        "imagenet_a", "imagenet_a", "shift", "IN-A top-1 (200 cl.)",
-        f"ImageNet-A (7,500 images, 200 classes), {_EVAL_TF}; the 1000 logits are restricted to the 200 "
-        f"ImageNet-A classes BEFORE argmax/softmax, labels = position in the sorted 200-wnid list; 200-way {_METRICS}"),
-    ImageFolderTask(
-        "imagenet_a_clean", "imagenet_val", "clean", "IN-A clean top-1 (val, 200 cl.)",
-        f"ImageNet val restricted to ImageNet-A's 200 classes (10,000 images), same 200-logit mask as "
-        f"imagenet_a (restricted before argmax), {_EVAL_TF}; 200-way {_METRICS}", val_subset="a"),
-    ImageFolderTask(
-        "imagenet_r", "imagenet_r", "shift", "IN-R top-1 (200 cl.)",
-        f"ImageNet-R (30,000 images, 200 classes), {_EVAL_TF}; the 1000 logits are restricted to the 200 "
-        f"ImageNet-R classes BEFORE argmax/softmax, labels = position in the sorted 200-wnid list; 200-way {_METRICS}"),
-    ImageFolderTask(
-        "imagenet_r_clean", "imagenet_val", "clean", "IN-R clean top-1 (val, 200 cl.)",
-        f"ImageNet val restricted to ImageNet-R's 200 classes (10,000 images), same 200-logit mask as "
-        f"imagenet_r (restricted before argmax), {_EVAL_TF}; 200-way {_METRICS}", val_subset="r"),
+    *(task for x, images in (("a", "7,500"), ("r", "30,000")) for task in _two_hundred_class_pair(x, images)),
     ImageFolderTask(
         "imagenet_sketch", "imagenet_sketch", "shift", "IN-Sketch top-1",
         f"ImageNet-Sketch (50,889 images, 1000 wnid folders), {_EVAL_TF}; 1000-way {_METRICS}"),
@@ -203,7 +210,7 @@ class ImageNetCTask(Task):
 
         def clean():
             val = resolve_dataset(ctx, "imagenet_val")
-            return _slim(_evaluate(model, ctx, val, eval_tf, "imagenet val (clean)")[0], val, ctx.limit)
+            return _slim(_evaluate(model, ctx, val, eval_tf, "imagenet val (clean)")[0], val, ctx.run.limit)
 
         parts = {"clean": ctx.part("clean", clean)}
         evaluated = [*self.corruptions, *holdout]
@@ -242,10 +249,8 @@ class ImageNetCTask(Task):
         no_resize = to_tensor_only()
 
         def cell(c: str, s: int):
-            ds = tree.cell(c, s)
-            if getattr(ctx, "num_workers", None) is not None:
-                ds.num_workers = ctx.num_workers
-            return _slim(_evaluate(model, ctx, ds, no_resize, f"{c} s{s}")[0], ds, ctx.limit)
+            ds = with_workers(tree.cell(c, s), ctx)
+            return _slim(_evaluate(model, ctx, ds, no_resize, f"{c} s{s}")[0], ds, ctx.run.limit)
 
         return (lambda todo: {f"{c}/{s}": cell(c, s) for c, s in todo}), holdout, notes
 

@@ -24,33 +24,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from cbbench.corruptions.apply import check_engine, corrupt_batch_cached, engine_seeds_per_batch
+from cbbench.corruptions.catalog import REFERENCE_ENGINE, TORCH_ENGINE
+from cbbench.corruptions.apply import corrupt_batch_cached
 from cbbench.data.make_c import imagenet_c_crop, jpeg_roundtrip
-from cbbench.tasks.base import Metric, TaskContext, register_task, run_batches
+from cbbench.tasks.base import Metric, NamedByField, TaskContext, register_task, run_batches
+from cbbench.tasks.corruptions import UsesEngine
 from cbbench.tasks.imagenet import ImageNetCTask, _slim, resolve_dataset
 
 
 @dataclass(frozen=True)
-class GeneratedImageNetCTask(ImageNetCTask):
-    engine: str = "cbbench-torch"
+class GeneratedImageNetCTask(NamedByField, UsesEngine, ImageNetCTask):
+    engine: str = TORCH_ENGINE
     task_name: str = "imagenet_c_generated"
 
     version = 1
 
-    def __post_init__(self):
-        check_engine(self.engine)
-
-    @property
-    def name(self) -> str:
-        return self.task_name
-
     @property
     def headline(self) -> Metric:
         return Metric("mean_accuracy", f"IN-C generated acc. (mean 15x5, {self.engine})", True)
-
-    @property
-    def seeded_per_batch(self) -> bool:
-        return engine_seeds_per_batch(self.engine)
 
     @property
     def protocol(self) -> str:
@@ -65,22 +56,22 @@ class GeneratedImageNetCTask(ImageNetCTask):
     def _cells(self, model, ctx: TaskContext):
         val = resolve_dataset(ctx, "imagenet_val")
         sub = replace(ctx, dataset=val, transform=imagenet_c_crop())
-        on_device = ctx.decode_on_device  # --decode gpu: the JPEG round trip runs with torchvision on the device
+        on_device = ctx.run.decode_on_device  # --decode gpu: the JPEG round trip runs with torchvision on the device
 
         def perturb(c: str, s: int):
             return lambda x, y, idx: jpeg_roundtrip(
-                corrupt_batch_cached(val.name, x, idx, c, s, ctx.seed, self.engine), on_device=on_device)
+                corrupt_batch_cached(val.name, x, idx, c, s, ctx.run.seed, self.engine), on_device=on_device)
 
         def cells(todo):
             descs = {f"{c}/{s}": f"{c} s{s} (generated)" for c, s in todo}
             out = run_batches(model, sub, class_subset=val.class_subset,
                               cells={descs[f"{c}/{s}"]: perturb(c, s) for c, s in todo})
-            return {name: _slim(out[desc], val, ctx.limit) for name, desc in descs.items()}
+            return {name: _slim(out[desc], val, ctx.run.limit) for name, desc in descs.items()}
 
         notes = [f"ImageNet-C generated from ImageNet val with {self.engine} (not the published JPEG files)"]
         return cells, list(self.holdout), notes
 
 
 for _task in (GeneratedImageNetCTask(),
-              GeneratedImageNetCTask(engine="imagecorruptions-1.1.2", task_name="imagenet_c_reference")):
+              GeneratedImageNetCTask(engine=REFERENCE_ENGINE, task_name="imagenet_c_reference")):
     register_task(_task)

@@ -57,7 +57,7 @@ class PatchDropTask(Task):
         def perturb(ratio):
             def drop(x, y, idx):
                 grids.add(grid := patch_grid(model, x.shape[-2], x.shape[-1]))
-                return drop_patches(x, idx, ratio, grid, ctx.seed)
+                return drop_patches(x, idx, ratio, grid, ctx.run.seed)
             return drop
 
         out = run_batches(model, ctx, cells={f"drop {r}": perturb(r) for r in self.ratios})

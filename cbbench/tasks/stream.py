@@ -34,7 +34,7 @@ class OutcomeStream:
 
     def __init__(self, ctx: Any, desc: str, enabled: bool):
         self.ctx, self.desc, self.enabled = ctx, desc, enabled
-        self.name = f"{PREFIX}{desc}|batch_size={ctx.batch_size}|"
+        self.name = f"{PREFIX}{desc}|batch_size={ctx.run.batch_size}|"
         self.pieces: list[dict[str, np.ndarray]] = []  # per batch (or stored chunk), each with _BATCH
         self.pending: list[dict[str, np.ndarray]] = []  # batches not yet written to the store
         self.done: set[int] = set()  # batch numbers whose outcomes are in ``pieces``
@@ -49,12 +49,11 @@ class OutcomeStream:
             self._read_back()
 
     def _read_back(self) -> None:
-        corrupt = getattr(self.ctx.dataset, "corrupt", None)
-        for chunk in self.ctx.load_parts(self.name):
+        corrupt = self.ctx.dataset.corrupt
+        for chunk in self.ctx.store.get_all(self.name):
             index, error = (chunk.pop(k) for k in _CORRUPT)
-            if isinstance(corrupt, dict):
-                corrupt.update(zip(index.tolist(), error.tolist()))
-                self._written_corrupt.update(index.tolist())
+            corrupt.update(zip(index.tolist(), error.tolist()))
+            self._written_corrupt.update(index.tolist())
             new = ~np.isin(chunk[_BATCH], list(self.done))  # concurrent runs may have written overlapping chunks
             if new.any():
                 self.pieces.append({k: v[new] for k, v in chunk.items()})
@@ -70,7 +69,7 @@ class OutcomeStream:
         self.done.add(batch)
         if self.enabled:
             self.pending.append(piece)
-            if time.monotonic() - self._last_write >= self.ctx.stream_every_s:
+            if time.monotonic() - self._last_write >= self.ctx.store.stream_every_s:
                 self.write()
 
     def write(self) -> None:
@@ -78,11 +77,11 @@ class OutcomeStream:
         if not self.pending:
             return
         chunk = _concat(self.pending)
-        corrupt = getattr(self.ctx.dataset, "corrupt", None)
-        found = sorted(set(corrupt) - self._written_corrupt) if isinstance(corrupt, dict) else []
+        corrupt = self.ctx.dataset.corrupt
+        found = sorted(set(corrupt) - self._written_corrupt)
         chunk[_CORRUPT[0]] = np.array(found, dtype=np.int64)
         chunk[_CORRUPT[1]] = np.array([corrupt[i] for i in found], dtype=str)
-        self.ctx.save_part(f"{self.name}{int(chunk[_BATCH].min()):09d}", chunk)
+        self.ctx.store.put(f"{self.name}{int(chunk[_BATCH].min()):09d}", chunk)
         self._written_corrupt.update(found)
         self.pending = []
         self._last_write = time.monotonic()

@@ -27,12 +27,12 @@ from cbbench.attacks.epsilon import validate_epsilon
 from cbbench.errors import CellNotApplicable
 from cbbench.tasks.adversarial import AttackTask, LinfAttackTask
 from cbbench.tasks.base import (
-    Metric, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
+    Metric, NamedByField, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
 )
 
 
 @dataclass(frozen=True)
-class TransferAttackTask(AttackTask):
+class TransferAttackTask(NamedByField, AttackTask):
     eps: str = "4/255"
     steps: int = 10
     step_size: str = "1/255"
@@ -57,10 +57,6 @@ class TransferAttackTask(AttackTask):
     def _source_attack(self) -> LinfAttackTask:
         return LinfAttackTask(attack="pgd", eps=self.eps, steps=self.steps, step_size=self.step_size,
                               random_start=self.random_start, task_name=f"{self.name} source")
-
-    @property
-    def name(self) -> str:
-        return self.task_name
 
     @property
     def headline(self) -> Metric:

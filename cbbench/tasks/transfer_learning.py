@@ -40,11 +40,12 @@ from torch import nn
 
 from cbbench.data.downstream import Downstream, ResizedTensorDataset, input_size, load_downstream
 from cbbench.tasks.base import Metric, Task, TaskContext, TaskResult, accuracy_metrics, register_task, run_batches
+from cbbench.train import RECIPES, lr_at, random_shift, train_step
 
 
 def downstream_for(task, model, ctx: TaskContext) -> Downstream:
     """The task's downstream dataset at the model's input size, from the run's data root when it needs one."""
-    return load_downstream(task.dataset, getattr(ctx, "data_root", None), input_size(model))
+    return load_downstream(task.dataset, ctx.run.data_root, input_size(model))
 
 
 def recipe_seed(*parts: int) -> int:
@@ -140,60 +141,68 @@ def fit_linear_probe(features, labels, num_classes: int, l2: float = 1e-4, max_i
     return head, info
 
 
-def _downstream_metrics(out: dict, n_train: int) -> dict[str, float]:
-    metrics = accuracy_metrics(out)
-    metrics["top5_accuracy"] = float(out["correct_top5"].mean())
-    metrics["num_train"] = float(n_train)
-    metrics["num_test"] = float(len(out["correct"]))
-    return metrics
-
-
 @dataclass(frozen=True)
-class LinearProbeTask(Task):
+class DownstreamTask(Task):
+    """Adapt the model to a downstream dataset on (a class-balanced part of) its train split, then top-1 on its
+    test split. Subclasses say how (``adapt``); the data, the subset and the evaluation are the same for both."""
+
     dataset: str = "mnist5k"
-    l2: float = 1e-4
-    max_iter: int = 500
-    standardize: bool = True
     train_per_class: int | None = None
     seed: int = 0
 
-    name = "linear_probe"
     version = 1
     kind = "transfer_learning"
-    headline = Metric("accuracy", "linear probe top-1", True)
 
-    @property
-    def protocol(self) -> str:
-        return (f"linear probe on frozen pre-logits features, downstream {self.dataset}: features standardized, "
-                f"multinomial logistic regression (full-batch L-BFGS from zero, mean CE + {self.l2}/2 ||W||^2, "
-                f"<= {self.max_iter} iterations) on "
-                f"the train split{'' if self.train_per_class is None else f' ({self.train_per_class}/class)'}, "
-                "top-1 on the test split")
+    def adapt(self, model: nn.Module, data: Downstream, index: torch.Tensor, ctx: TaskContext
+              ) -> tuple[nn.Module, dict[str, float], list[str]]:
+        """(the model to evaluate on the test split, metrics of the adaptation, notes)."""
+        raise NotImplementedError
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:
         data = downstream_for(self, model, ctx)
         index = balanced_subset(data.train.labels, self.train_per_class, self.seed)
-        feats = extract_features(model, data.train, index, ctx.batch_size, ctx.device)
-        head, info = fit_linear_probe(feats, data.train.labels[index], data.num_classes, self.l2, self.max_iter,
-                                      self.standardize, device=ctx.device)
-        probe = ProbeModel(model, head).eval()
+        adapted, adapt_metrics, notes = self.adapt(model, data, index, ctx)
         # Not streamed: the model evaluated is trained in this task, so a rerun's batches may not match stored ones.
-        out = run_batches(probe, replace(ctx, dataset=data.test), desc=f"linear probe {self.dataset}", stream=False)
-        metrics = _downstream_metrics(out, len(index))
-        metrics["train_accuracy"] = info["train_accuracy"]
-        metrics["feature_dim"] = float(feats.shape[1])
-        metrics["lbfgs_iterations"] = float(info["iterations"])
-        notes = [f"downstream {data.description}: {len(index)} train / {len(out['correct'])} test images"]
-        if not info["converged"]:
-            notes.append(f"L-BFGS stopped at {self.max_iter} iterations with gradient max-norm {info['grad_max']:.2g}")
-        return TaskResult(metrics, out, notes)
+        out = run_batches(adapted, replace(ctx, dataset=data.test), desc=f"{self.name.replace('_', ' ')} "
+                          f"{self.dataset}", stream=False)
+        metrics = accuracy_metrics(out)
+        metrics["top5_accuracy"] = float(out["correct_top5"].mean())
+        metrics["num_train"] = float(len(index))
+        metrics["num_test"] = float(len(out["correct"]))
+        notes = [f"downstream {data.description}: {len(index)} train / {len(out['correct'])} test images", *notes]
+        return TaskResult({**metrics, **adapt_metrics}, out, notes)
+
+
+@dataclass(frozen=True)
+class LinearProbeTask(DownstreamTask):
+    l2: float = 1e-4
+    max_iter: int = 500
+    standardize: bool = True
+
+    name = "linear_probe"
+    headline = Metric("accuracy", "linear probe top-1", True)
+
+    @property
+    def protocol(self) -> str:
+        per_class = "" if self.train_per_class is None else f" ({self.train_per_class}/class)"
+        fit = f"full-batch L-BFGS from zero, mean CE + {self.l2}/2 ||W||^2, <= {self.max_iter} iterations"
+        return (f"linear probe on frozen pre-logits features, downstream {self.dataset}: features standardized, "
+                f"multinomial logistic regression ({fit}) on the train split{per_class}, top-1 on the test split")
+
+    def adapt(self, model, data, index, ctx):
+        feats = extract_features(model, data.train, index, ctx.run.batch_size, ctx.run.device)
+        head, info = fit_linear_probe(feats, data.train.labels[index], data.num_classes, self.l2, self.max_iter,
+                                      self.standardize, device=ctx.run.device)
+        metrics = {"train_accuracy": info["train_accuracy"], "feature_dim": float(feats.shape[1]),
+                   "lbfgs_iterations": float(info["iterations"])}
+        notes = [] if info["converged"] else [
+            f"L-BFGS stopped at {self.max_iter} iterations with gradient max-norm {info['grad_max']:.2g}"]
+        return ProbeModel(model, head).eval(), metrics, notes
 
 
 def finetune_copy(model: nn.Module, train: ResizedTensorDataset, index: torch.Tensor, num_classes: int,
                   task: "FinetuneTask", run_seed: int, device: torch.device) -> tuple[nn.Module, list[dict]]:
     """A fine-tuned deep copy of ``model`` with a new head for ``num_classes``; ``model`` is left untouched."""
-    from cbbench.train import lr_at, random_shift, train_step
-
     tuned = copy.deepcopy(model)
     tuned.weights_digest = None  # the copy's weights are not the evaluated model's any more
     net = tuned.net
@@ -228,22 +237,23 @@ def finetune_copy(model: nn.Module, train: ResizedTensorDataset, index: torch.Te
     return tuned.eval(), history
 
 
+# The optimizer settings come from the demo models' pretraining recipe (one place states them); the schedule,
+# augmentation and data are the fine-tune's own (5 short epochs, 10% warmup, 2 px shifts, 200 images per class).
+_PRETRAINING = RECIPES.get("digits_tiny")
+
+
 @dataclass(frozen=True)
-class FinetuneTask(Task):
-    dataset: str = "mnist5k"
+class FinetuneTask(DownstreamTask):
     epochs: int = 5
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
+    batch_size: int = _PRETRAINING.batch_size
+    lr: float = _PRETRAINING.lr
+    weight_decay: float = _PRETRAINING.weight_decay
     warmup_fraction: float = 0.1
-    label_smoothing: float = 0.1
+    label_smoothing: float = _PRETRAINING.label_smoothing
     max_shift: int = 2
     train_per_class: int | None = 200
-    seed: int = 0
 
     name = "finetune"
-    version = 1
-    kind = "transfer_learning"
     headline = Metric("accuracy", "fine-tune top-1", True)
 
     @property
@@ -253,17 +263,9 @@ class FinetuneTask(Task):
                 f"{self.warmup_fraction:.0%} then cosine, label smoothing {self.label_smoothing}, shifts "
                 f"<= {self.max_shift} px, seed ({self.seed}, run seed); top-1 on the test split")
 
-    def evaluate(self, model, ctx: TaskContext) -> TaskResult:
-        data = downstream_for(self, model, ctx)
-        index = balanced_subset(data.train.labels, self.train_per_class, self.seed)
-        tuned, history = finetune_copy(model, data.train, index, data.num_classes, self, ctx.seed, ctx.device)
-        out = run_batches(tuned, replace(ctx, dataset=data.test), desc=f"finetune {self.dataset}",
-                          stream=False)  # trained in this task: not streamed, as the linear probe
-        metrics = _downstream_metrics(out, len(index))
-        metrics["train_loss"] = history[-1]["loss"]
-        metrics["train_accuracy"] = history[-1]["train_acc"]
-        notes = [f"downstream {data.description}: {len(index)} train / {len(out['correct'])} test images"]
-        return TaskResult(metrics, out, notes)
+    def adapt(self, model, data, index, ctx):
+        tuned, history = finetune_copy(model, data.train, index, data.num_classes, self, ctx.run.seed, ctx.run.device)
+        return tuned, {"train_loss": history[-1]["loss"], "train_accuracy": history[-1]["train_acc"]}, []
 
 
 register_task(LinearProbeTask())
