@@ -196,7 +196,7 @@ class _NonMonotone(EpsilonSweepTask):
     """An 'attack' that fools the model at 1/255 only: the raw curve goes down, then up again."""
 
     def perturb(self, model, ctx, eps):
-        def attack(x, y, idx):
+        def attack(x, y, batch):
             x = x.clone()
             if eps == "1/255":
                 x[:, 0, 0, 0] = 1.0
@@ -239,7 +239,7 @@ def _run_cell(task, model, data, tmp_path, partner=None):
     ident = dict(key="cell", model="m", model_spec={}, weights_digest="0", task=task.name,
                  task_version=task.version, task_params=task.params(), dataset=data.name, limit=8, seed=0)
     args = dict(store=store, ident=ident, task=task, model=model, partner=partner, dataset=data,
-                config=RunConfig(limit=8, batch_size=8), device=torch.device("cpu"), base={}, progress=None,
+                config=RunConfig(limit=8, batch_size=8), device=torch.device("cpu"), run_provenance={}, progress=None,
                 data_root=None)
     params = inspect.signature(_evaluate).parameters  # the runner is private API: pass what it takes
     try:

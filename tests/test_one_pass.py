@@ -134,11 +134,12 @@ def test_an_interrupted_one_pass_resumes_each_cell_from_its_own_stored_batches(t
     model = conv_net()
 
     def noisy(scale, seen, fail_at=None):
-        def perturb(x, y, idx):
-            if fail_at is not None and int(idx[0]) == fail_at:
+        def perturb(x, y, batch):
+            first = int(batch.index[0])
+            if fail_at is not None and first == fail_at:
                 raise KeyboardInterrupt  # like a kill: nothing after this batch is computed
-            seen.append(int(idx[0]))
-            g = torch.Generator().manual_seed(int(idx[0]))
+            seen.append(first)
+            g = torch.Generator().manual_seed(first)
             return (x + scale * torch.randn(x.shape, generator=g)).clamp(0, 1)
         return perturb
 

@@ -39,12 +39,12 @@ def perturbation(seen: list[int], fail_at: int | None = None):
     """Records the batches it sees (by first sample index); raises at batch ``fail_at``; adds seeded noise
     so that a batch evaluated twice must give the same numbers for the same reason as the real tasks do."""
 
-    def perturb(x, y, idx):
-        batch = int(idx[0])
+    def perturb(x, y, batch):
+        first = int(batch.index[0])
         if fail_at is not None and len(seen) == fail_at:
-            raise Interrupted(f"interrupted before the batch starting at sample {batch}")
-        seen.append(batch)
-        g = torch.Generator().manual_seed(batch)
+            raise Interrupted(f"interrupted before the batch starting at sample {first}")
+        seen.append(first)
+        g = torch.Generator().manual_seed(first)
         return (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     return perturb
 

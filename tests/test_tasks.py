@@ -212,9 +212,9 @@ def test_amp_applies_to_the_evaluation_forward_only_and_attacks_stay_fp32():
         inner = attack.perturb(m, c)
         seen = []
 
-        def perturb(x, y, idx):
+        def perturb(x, y, batch):
             seen.append(torch.is_autocast_enabled("cpu"))
-            adversarial.setdefault(pipeline.amp, []).append(inner(x, y, idx))
+            adversarial.setdefault(pipeline.amp, []).append(inner(x, y, batch))
             return adversarial[pipeline.amp][-1]
         return run_batches(probe, c, perturb), seen
 

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from cbbench.attacks.epsilon import validate_epsilon
-from cbbench.seeding import batch_seed
 from cbbench.tasks.base import (
-    Metric, Task, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
+    Batch, Metric, Task, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
 )
 
 
@@ -104,11 +103,11 @@ class LinfAttackTask(AttackTask):
     def perturb(self, model, ctx: TaskContext):
         from cbbench.attacks.linf import fgsm, pgd  # foolbox loads only when attacking
 
-        def attack(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        def attack(x: torch.Tensor, y: torch.Tensor, batch: Batch) -> torch.Tensor:
             if self.attack == "fgsm":
                 return fgsm(model, x, y, self.eps)
             return pgd(model, x, y, self.eps, steps=self.steps, step_size=self.step_size,
-                       random_start=self.random_start, generator=batch_seed(ctx.run.seed, idx[0]))
+                       random_start=self.random_start, generator=batch.seed)
         return attack
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:

@@ -32,10 +32,9 @@ import torch
 
 from cbbench import distributed
 from cbbench.attacks.autoattack import check_variant, parse_budget
-from cbbench.seeding import batch_seed
 from cbbench.tasks.adversarial import AttackTask
 from cbbench.tasks.base import (
-    Metric, NamedByField, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
+    Batch, Metric, NamedByField, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
 )
 
 
@@ -94,12 +93,12 @@ class AutoAttackTask(NamedByField, AttackTask):
         current: dict[str, torch.Tensor] = {}
         warnings: list[str] = []
 
-        def perturb(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        def perturb(x: torch.Tensor, y: torch.Tensor, batch: Batch) -> torch.Tensor:
+            idx = batch.index
             start, stop = int(idx[0]), int(idx[-1]) + 1
 
             def compute() -> dict[str, np.ndarray]:
-                out = aa.autoattack(model, x, y, self.eps, norm=self.norm, variant=self.variant,
-                                    seed=batch_seed(sub.run.seed, idx[0]))
+                out = aa.autoattack(model, x, y, self.eps, norm=self.norm, variant=self.variant, seed=batch.seed)
                 changed = (out.x_adv != x).flatten(1).any(dim=1)
                 return {"index": idx.cpu().numpy(), "changed": changed.cpu().numpy(),
                         "x_changed": out.x_adv[changed].to(torch.float32).cpu().numpy(),
@@ -107,7 +106,7 @@ class AutoAttackTask(NamedByField, AttackTask):
                         "warnings": np.array(out.warnings, dtype=str)}
 
             # no collective here: each torchrun rank attacks its own batches (CellStore.get_or_compute)
-            part = sub.store.get_or_compute(f"batch{start // sub.run.batch_size}[{start}:{stop}]", compute)
+            part = sub.store.get_or_compute(f"batch{batch.number}[{start}:{stop}]", compute)
             if not np.array_equal(part["index"], idx.cpu().numpy()):
                 raise RuntimeError(f"stored AutoAttack part for images {start}:{stop} holds other images")
             x_adv = x.clone()

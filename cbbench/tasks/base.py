@@ -19,6 +19,7 @@ import torch
 from cbbench import distributed
 from cbbench.data.device_decode import fallback_note
 from cbbench.registry import Registry
+from cbbench.seeding import batch_seed
 from cbbench.tasks.context import AMP_DTYPES, TaskContext
 from cbbench.tasks.stream import OutcomeStream
 
@@ -106,7 +107,17 @@ def register_task(task: Task) -> Task:
     return TASKS.register(task.name, task)
 
 
-Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+@dataclass(frozen=True)
+class Batch:
+    """A batch as ``run_batches`` hands it to a perturbation, with what it computes once for all of them."""
+
+    index: torch.Tensor  # its sample indices (host)
+    number: int  # first sample index // batch size: its name among stored parts, the same under torchrun
+    seed: int  # seeding.batch_seed(run seed, first sample index): where every per-batch random draw starts
+
+
+# perturb(images, labels, batch) -> the images to evaluate (on the same device)
+Perturb = Callable[[torch.Tensor, torch.Tensor, Batch], torch.Tensor]
 
 
 def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | None = None,
@@ -169,15 +180,15 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     try:
         for x, y, idx in _batches(ctx, [b for b in ours if b not in stored_everywhere]):
             x, y = x.to(ctx.run.device, non_blocking=True), y.to(ctx.run.device, non_blocking=True)
-            batch = int(idx[0]) // ctx.run.batch_size
+            batch = Batch(idx, int(idx[0]) // ctx.run.batch_size, batch_seed(ctx.run.seed, idx[0]))
             for d, cell_perturb in cells.items():
-                if batch in records[d].done:  # stored by an earlier attempt for this cell
+                if batch.number in records[d].done:  # stored by an earlier attempt for this cell
                     continue
-                xc = cell_perturb(x, y, idx) if cell_perturb is not None else x
+                xc = cell_perturb(x, y, batch) if cell_perturb is not None else x
                 if ctx.run.pipeline.channels_last and xc.ndim == 4:
                     xc = xc.contiguous(memory_format=torch.channels_last)
                 logits, chunk = _forward(model, xc, ctx, chunk, extras is None)
-                records[d].add(batch, _outcomes(logits, y, idx, class_subset, extras))
+                records[d].add(batch.number, _outcomes(logits, y, idx, class_subset, extras))
                 bar.update(len(y))
     finally:
         for record in records.values():

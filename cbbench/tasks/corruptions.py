@@ -30,7 +30,7 @@ def corruption_cells(model, ctx: TaskContext, names: list[str], engine: str, pre
     a run_batches call of its own: the corruption of a batch depends only on (seed, sample indices).
     """
     def perturb(c: str, s: int):
-        return lambda x, y, idx: corrupt_batch_cached(ctx.dataset.name, x, idx, c, s, ctx.run.seed, engine)
+        return lambda x, y, batch: corrupt_batch_cached(ctx.dataset.name, x, batch.index, c, s, ctx.run.seed, engine)
 
     descs = {}
     for name in names:

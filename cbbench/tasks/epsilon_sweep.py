@@ -43,7 +43,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbbench.attacks.epsilon import validate_epsilon
-from cbbench.seeding import batch_seed
 from cbbench.tasks.adversarial import AttackTask
 from cbbench.tasks.base import Metric, TaskContext, TaskResult, attack_metrics, register_task, run_batches
 
@@ -113,11 +112,11 @@ class EpsilonSweepTask(AttackTask):
 
         value = validate_epsilon(eps)
 
-        def attack(x, y, idx):
+        def attack(x, y, batch):
             if value == 0 or self.attack == "fgsm":
                 return fgsm(model, x, y, value)
             return pgd(model, x, y, value, steps=self.steps, step_size=self.rel_step * value,
-                       random_start=self.random_start, generator=batch_seed(ctx.run.seed, idx[0]))
+                       random_start=self.random_start, generator=batch.seed)
         return attack
 
     def evaluate(self, model, ctx: TaskContext) -> TaskResult:

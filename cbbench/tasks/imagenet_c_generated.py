@@ -59,8 +59,8 @@ class GeneratedImageNetCTask(NamedByField, UsesEngine, ImageNetCTask):
         on_device = ctx.run.decode_on_device  # --decode gpu: the JPEG round trip runs with torchvision on the device
 
         def perturb(c: str, s: int):
-            return lambda x, y, idx: jpeg_roundtrip(
-                corrupt_batch_cached(val.name, x, idx, c, s, ctx.run.seed, self.engine), on_device=on_device)
+            return lambda x, y, batch: jpeg_roundtrip(
+                corrupt_batch_cached(val.name, x, batch.index, c, s, ctx.run.seed, self.engine), on_device=on_device)
 
         def cells(todo):
             descs = {f"{c}/{s}": f"{c} s{s} (generated)" for c, s in todo}

@@ -55,9 +55,9 @@ class PatchDropTask(Task):
         grids = set()
 
         def perturb(ratio):
-            def drop(x, y, idx):
+            def drop(x, y, batch):
                 grids.add(grid := patch_grid(model, x.shape[-2], x.shape[-1]))
-                return drop_patches(x, idx, ratio, grid, ctx.run.seed)
+                return drop_patches(x, batch.index, ratio, grid, ctx.run.seed)
             return drop
 
         out = run_batches(model, ctx, cells={f"drop {r}": perturb(r) for r in self.ratios})
