@@ -317,3 +317,30 @@ def test_outputs_do_not_depend_on_the_thread_count_which_follows_the_load(monkey
     for load, threads in ((0.2, 4), (1.0, 4), (2.5, 2), (3.5, 1), (40.0, 1)):
         monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
         assert engine.engine_threads() == threads, load
+
+
+def test_banded_products_equal_the_dense_products():
+    """The CPU engine multiplies by its filter / resampling matrices block by block, skipping the zeros
+    outside the band. The blocks must cover every non-zero weight: the result is the dense product up to
+    summation order. (On the AVX-512 MKL path of the machines this was built on it is the dense product's
+    exact bits, so stored results stayed valid; MKL's AVX2 path, MKL_CBWR=AVX2, sums in another order and
+    differs in the last bit, as the dense product itself does between the two paths: results/bench/corruptions.md.)"""
+
+    def assert_equal(banded, dense, what):
+        tol = 1e-12 if dense.dtype == torch.float64 else 2e-6
+        torch.testing.assert_close(banded, dense, rtol=tol, atol=tol * float(dense.abs().max()), msg=str(what))
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        for h, w in ((224, 224), (32, 32), (48, 40)):
+            x = torch.rand(3, 3, h, w, generator=g, dtype=dtype)
+            for sigma, mode, truncate in ((1.0, "nearest", 4.0), (6.0, "nearest", 4.0), (2.24, "reflect", 3.0)):
+                mh = torch.from_numpy(blur._filter_matrix(h, sigma, mode, truncate)).to(dtype)
+                mw = torch.from_numpy(blur._filter_matrix(w, sigma, mode, truncate)).to(dtype)
+                assert_equal(blur.gaussian_filter(x, sigma, mode, truncate), (mh @ x) @ mw.T, (dtype, h, sigma))
+            u8 = torch.round(x.double() * 255)
+            for c in (0.6, 0.4, 0.25):
+                mb = torch.from_numpy(digital._box_matrix(w, int(w * c)))
+                assert_equal(blur.matmul_cols(u8, mb, blur.band_blocks(mb.numpy())), u8 @ mb.T, (h, w, c))
+                mb = torch.from_numpy(digital._box_matrix(h, int(h * c)))
+                assert_equal(blur.matmul_rows(mb, blur.band_blocks(mb.numpy()), u8), mb @ u8, (h, w, c))

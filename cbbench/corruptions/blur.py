@@ -85,15 +85,85 @@ def gaussian_filter(x: torch.Tensor, sigma, mode: str = "nearest", truncate: flo
     out = x
     h, w = x.shape[-2:]
     if sh > 0:
-        out = torch.from_numpy(_filter_matrix(h, float(sh), mode, truncate)).to(x.device, x.dtype) @ out
+        out = _filter_rows(out, h, float(sh), mode, truncate)
     if sw > 0:
-        out = out @ torch.from_numpy(_filter_matrix(w, float(sw), mode, truncate)).to(x.device, x.dtype).T
+        out = _filter_cols(out, w, float(sw), mode, truncate)
     return out
+
+
+_BAND = 32  # output samples per block of the banded matrix products
+
+
+def band_blocks(m: np.ndarray) -> tuple:
+    """(i0, i1, k0, k1) for each block of ``_BAND`` rows of ``m``: [k0, k1) holds every non-zero of rows [i0, i1)."""
+    blocks = []
+    for i0 in range(0, m.shape[0], _BAND):
+        i1 = min(m.shape[0], i0 + _BAND)
+        nz = np.flatnonzero(m[i0:i1].any(0))
+        k0, k1 = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 1)
+        blocks.append((i0, i1, k0, k1))
+    return tuple(blocks)
+
+
+def _banded(x: torch.Tensor) -> bool:
+    # On the CPU a product with a banded matrix (a filter, a resampling) is done block by block, skipping
+    # the zero weights outside the band. On MKL's AVX-512 path (these machines) each output is one FMA chain
+    # over k in order, so leaving out exact-zero terms gives the dense product's bits: what the engine
+    # computed before (checked for every corruption and severity). MKL's AVX2 path sums in another order:
+    # there banded and dense differ in the last bit, as dense does between the two paths.
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not (x.requires_grad and torch.is_grad_enabled()))  # out= does not record a graph
+
+
+def matmul_rows(m: torch.Tensor, blocks: tuple, x: torch.Tensor) -> torch.Tensor:
+    """``m @ x`` (m: (n_out, n_in), x: (..., n_in, W)), banded on the CPU."""
+    if not _banded(x):
+        return m.to(x.device, x.dtype) @ x
+    out = torch.empty((*x.shape[:-2], m.shape[0], x.shape[-1]), dtype=x.dtype)
+    for i0, i1, k0, k1 in blocks:
+        torch.matmul(m[i0:i1, k0:k1], x[..., k0:k1, :], out=out[..., i0:i1, :])
+    return out
+
+
+def matmul_cols(x: torch.Tensor, m: torch.Tensor, blocks: tuple) -> torch.Tensor:
+    """``x @ m.T`` (x: (..., n_in), m: (n_out, n_in)), banded on the CPU."""
+    if not _banded(x):
+        return x @ m.to(x.device, x.dtype).T
+    n_out, n_in = m.shape
+    mt = m.T
+    x2 = x.reshape(-1, n_in)
+    out = torch.empty((*x.shape[:-1], n_out), dtype=x.dtype)
+    o2 = out.view(-1, n_out)
+    for j0, j1, k0, k1 in blocks:
+        torch.mm(x2[:, k0:k1], mt[k0:k1, j0:j1].contiguous(), out=o2[:, j0:j1])
+    return out
+
+
+@functools.lru_cache(maxsize=128)
+def _filter_blocks(n: int, sigma: float, mode: str, truncate: float, dtype: torch.dtype) -> tuple:
+    """The filter matrix as a CPU tensor of ``dtype``, and its band blocks."""
+    m = _filter_matrix(n, sigma, mode, truncate)
+    return torch.from_numpy(m).to(dtype), band_blocks(m)
+
+
+def _filter_rows(x: torch.Tensor, n: int, sigma: float, mode: str, truncate: float) -> torch.Tensor:
+    """``M @ x`` along the rows (dim -2) with the (n, n) filter matrix M."""
+    if not _banded(x):
+        return torch.from_numpy(_filter_matrix(n, sigma, mode, truncate)).to(x.device, x.dtype) @ x
+    return matmul_rows(*_filter_blocks(n, sigma, mode, truncate, x.dtype), x)
+
+
+def _filter_cols(x: torch.Tensor, n: int, sigma: float, mode: str, truncate: float) -> torch.Tensor:
+    """``x @ M.T`` along the columns (dim -1) with the (n, n) filter matrix M."""
+    if not _banded(x):
+        return x @ torch.from_numpy(_filter_matrix(n, sigma, mode, truncate)).to(x.device, x.dtype).T
+    return matmul_cols(x, *_filter_blocks(n, sigma, mode, truncate, x.dtype))
 
 
 # ----------------------------------------------------------------------------- gaussian
 def gaussian_blur(x: torch.Tensor, sigma: float, generator=None) -> torch.Tensor:
-    return gaussian_filter(x, sigma).clamp(0, 1)
+    out = gaussian_filter(x, sigma)
+    return out.clamp_(0, 1) if out is not x else out.clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------- defocus
@@ -120,17 +190,26 @@ def _disk(radius: int, alias_blur: float) -> np.ndarray:
     return out[0, 0].numpy().astype(np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _disk_spectrum(radius: int, alias_blur: float, size: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
+    k = torch.from_numpy(_disk(radius, alias_blur).astype(np.float64)).to(device, dtype)
+    return torch.fft.rfft2(k, s=size)
+
+
 def defocus_blur(x: torch.Tensor, c, generator=None) -> torch.Tensor:
     radius, alias = c
-    k = torch.from_numpy(_disk(radius, alias).astype(np.float64)).to(x.device, x.dtype)
-    r = k.shape[0] // 2
+    r = _disk(radius, alias).shape[0] // 2
     b, ch, h, w = x.shape
-    xp = x.index_select(-2, pad_index(h, r, "reflect101", x.device))
-    xp = xp.index_select(-1, pad_index(w, r, "reflect101", x.device))
+    if r < h and r < w:  # torch's 'reflect' is OpenCV's reflect101 (a copy: same values)
+        xp = F.pad(x, (r, r, r, r), mode="reflect")
+    else:
+        xp = x.index_select(-2, pad_index(h, r, "reflect101", x.device))
+        xp = xp.index_select(-1, pad_index(w, r, "reflect101", x.device))
     # correlation with a symmetric kernel = convolution; done by FFT (OpenCV's filter2D
     # also switches to a DFT for kernels this large)
     size = (h + 2 * r, w + 2 * r)
-    out = torch.fft.irfft2(torch.fft.rfft2(xp) * torch.fft.rfft2(k, s=size), s=size)
+    spec = torch.fft.rfft2(xp).mul_(_disk_spectrum(radius, alias, size, x.dtype, str(x.device)))
+    out = torch.fft.irfft2(spec, s=size)
     return out[..., 2 * r :, 2 * r :].clamp(0, 1)
 
 
@@ -146,49 +225,104 @@ def glass_blur_apply(x: torch.Tensor, c, offsets: list[torch.Tensor]) -> torch.T
     pass when (h', w') came earlier in the loop. Every pixel is written once per pass,
     so the pass is ``out[p] = orig[src(p)]`` if src(p) is not yet visited, else
     ``out[src(p)]``: a pointer chain, resolved here by pointer doubling (O(log n)
-    vectorized gathers), which reproduces the sequential loop exactly.
+    vectorized gathers), which reproduces the sequential loop exactly. The chains are
+    followed in visiting order (the offsets' own layout); each pass is then a map of
+    source pixels, the passes' maps are composed, and the pixels are moved once.
     """
+    return _glass_passes(x, c, [(o[..., 0], o[..., 1]) for o in offsets])
+
+
+def _glass_passes(x: torch.Tensor, c, steps: list) -> torch.Tensor:
+    """glass_blur_apply with the offsets of each pass as a pair (dx, dy) of (B, H-2d, W-2d) integer tensors."""
     sigma, d, iters = c
     b, ch, h, w = x.shape
-    # np.uint8(gaussian(x) * 255): truncation; in float64 like the reference
-    y = torch.floor(gaussian_filter(x.double(), sigma) * 255).clamp(0, 255)
+    # np.uint8(gaussian(x) * 255): truncation (in float64 like the reference); clamping first and
+    # then casting (which truncates) is floor-then-clamp for every value
+    xd = x.double()
+    y = gaussian_filter(xd, sigma)
+    y = (y.mul_(255) if y is not xd else y * 255).clamp_(0, 255).to(torch.uint8)
     n = h * w
-    hh = torch.arange(h - d, d, -1, device=x.device)
-    ww = torch.arange(w - d, d, -1, device=x.device)
-    lin = (hh[:, None] * w + ww[None, :]).reshape(-1)  # region pixels in visiting order
-    flat = y.reshape(b, ch, n)
-    for it in range(iters):
-        off = offsets[it].to(x.device).reshape(b, -1, 2).long()
-        sh = hh[:, None].expand(-1, len(ww)).reshape(-1)[None] + off[..., 1]
-        sw = ww[None, :].expand(len(hh), -1).reshape(-1)[None] + off[..., 0]
-        src = torch.arange(n, device=x.device).repeat(b, 1)
-        src[:, lin] = sh * w + sw
-        in_region = (sh > d) & (sh <= h - d) & (sw > d) & (sw <= w - d)
-        chain = torch.zeros(b, n, dtype=torch.bool, device=x.device)
-        chain[:, lin] = in_region & (src[:, lin] > lin[None])
-        ident = torch.arange(n, device=x.device).repeat(b, 1)
-        nxt = torch.where(chain, src, ident)
-        while True:
-            nxt2 = nxt.gather(1, nxt)
-            if torch.equal(nxt2, nxt):
-                break
+    rh, rw = max(h - 2 * d, 0), max(w - 2 * d, 0)
+    composed = None
+    if rh and rw:
+        dev = x.device
+        # indices flat over the batch (image i's pixel p is i * n + p), int32 where they fit
+        it = torch.int32 if b * n < 2**31 else torch.int64
+        vis, lin, ident = _glass_grid(b, h, w, d, it, dev)
+        for dx, dy in steps[:iters]:
+            dx = dx.to(dev, it).contiguous()
+            dy = dy.to(dev, it).contiguous()
+            # the source pixel of visit (j, k) is visit (j - dy, k - dx) when that is inside the
+            # region; it was visited before iff dv = dy * rw + dx > 0 (|dx| <= d < rw)
+            hop = (dy * rw).add_(dx).clamp_(min=0)
+            # the source can leave the region only in the first d rows or the d columns at either side
+            for sl in ((slice(None), slice(0, d)), (slice(None), slice(None), slice(0, d)),
+                       (slice(None), slice(None), slice(max(rw - d, 0), None))):
+                jd = _glass_rows(rh, rw, dev)[sl[1:]] - dy[sl]
+                kd = _glass_cols(rh, rw, dev)[sl[1:]] - dx[sl]
+                hop[sl] *= (jd >= 0) & (jd < rh) & (kd >= 0) & (kd < rw)
+            nxt = vis - hop.view(-1)
+            # pointer doubling, nxt[i] <- nxt[nxt[i]] for all i at once until nothing moves: two
+            # rounds on every visit, then only on the few whose pointer still moved
+            nxt = nxt.index_select(0, nxt)
+            nxt2 = nxt.index_select(0, nxt)
+            active = _nonzero(nxt2 != nxt)
             nxt = nxt2
-        final = src.gather(1, nxt)
-        flat = flat.gather(2, final[:, None, :].expand(-1, ch, -1))
-    y = flat.reshape(b, ch, h, w) / 255.0
-    return gaussian_filter(y, sigma).clamp(0, 1).to(x.dtype)
+            while active.numel():
+                cur = nxt.index_select(0, active)
+                new = nxt.index_select(0, cur)
+                nxt.index_put_((active,), new)
+                active = active[_nonzero(new != cur)]
+            src = (dy * w).add_(dx).view(b, -1).add_(lin).view(-1)  # image pixel each visit reads
+            final = src.index_select(0, nxt)
+            full = ident.clone()
+            full.view(b, h, w)[:, d + 1 : h - d + 1, d + 1 : w - d + 1] = final.view(b, rh, rw).flip(1, 2)
+            composed = full if composed is None else composed.index_select(0, full)
+    if composed is not None:
+        local = composed.view(b, n).long().sub_(torch.arange(b, device=composed.device)[:, None] * n)
+        y = y.reshape(b, ch, n).gather(2, local[:, None, :].expand(-1, ch, -1)).reshape(b, ch, h, w)
+    y = y.double().div_(255.0)
+    return gaussian_filter(y, sigma).clamp_(0, 1).to(x.dtype)
+
+
+def _nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-d bool tensor (numpy's is several times faster on the CPU)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().view(-1)
+
+
+def _glass_rows(rh, rw, dev):
+    return torch.arange(rh, device=dev, dtype=torch.int32)[:, None].expand(rh, rw)
+
+
+def _glass_cols(rh, rw, dev):
+    return torch.arange(rw, device=dev, dtype=torch.int32)[None, :].expand(rh, rw)
+
+
+def _glass_grid(b: int, h: int, w: int, d: int, dtype, dev):
+    """For the whole batch, flat: visit numbers (B*R,), the image pixel of each visit (B, R),
+    and the identity map (B*n,)."""
+    rh, rw = h - 2 * d, w - 2 * d
+    jj = torch.arange(rh, device=dev, dtype=dtype)[:, None]  # visiting order: row j is image row h-d-j
+    kk = torch.arange(rw, device=dev, dtype=dtype)[None, :]
+    lin = ((h - d - jj) * w + (w - d - kk)).reshape(1, -1)
+    lin = lin + torch.arange(b, device=dev, dtype=dtype)[:, None] * (h * w)
+    return torch.arange(b * rh * rw, device=dev, dtype=dtype), lin, torch.arange(b * h * w, device=dev, dtype=dtype)
 
 
 def glass_blur(x: torch.Tensor, c, generator=None) -> torch.Tensor:
     sigma, d, iters = c
     b, _, h, w = x.shape
     rh, rw = max(h - 2 * d, 0), max(w - 2 * d, 0)
-    offs = []
+    steps = []
     for _ in range(iters):
-        # np.random.randint(-d, d): integers in [-d, d)
+        # np.random.randint(-d, d): floor(u * 2d) - d, integers in [-d, d); the draws are >= 0, so
+        # clamping to 2d - 1 and then truncating is floor-then-clamp
         u = uniform((b, rh, rw, 2), generator, x.device, torch.float64)
-        offs.append(torch.floor(u * (2 * d)).long().clamp(max=2 * d - 1) - d)
-    return glass_blur_apply(x, c, offs)
+        off = u.mul_(2 * d).clamp_(max=2 * d - 1).to(torch.int32).sub_(d)
+        steps.append((off[..., 0], off[..., 1]))
+    return _glass_passes(x, c, steps)
 
 
 # ----------------------------------------------------------------------------- motion
@@ -229,7 +363,7 @@ def motion_blur_layer(x: torch.Tensor, radius: int, sigma: float, angles: np.nda
 
 
 def motion_blur_apply(x: torch.Tensor, c, angles) -> torch.Tensor:
-    return motion_blur_layer(x, c[0], c[1], angles).clamp(0, 1)
+    return motion_blur_layer(x, c[0], c[1], angles).clamp_(0, 1)
 
 
 def motion_blur(x: torch.Tensor, c, generator=None) -> torch.Tensor:
@@ -275,7 +409,10 @@ def clipped_zoom(x: torch.Tensor, z: float, out_h: int | None = None, out_w: int
 
 def zoom_blur(x: torch.Tensor, factors, generator=None) -> torch.Tensor:
     h, w = x.shape[-2:]
-    out = torch.zeros_like(x)
-    for z in factors:
-        out += clipped_zoom(x, float(z), h, w)
-    return ((x + out) / (len(factors) + 1)).clamp(0, 1)
+    out = None
+    for z in factors:  # the first term as is: 0 + a is a
+        zoomed = clipped_zoom(x, float(z), h, w)
+        out = zoomed if out is None else out.add_(zoomed)
+    if out is None:
+        out = torch.zeros_like(x)
+    return out.add_(x).div_(len(factors) + 1).clamp_(0, 1)  # (x + out) / (n + 1)

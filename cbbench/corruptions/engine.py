@@ -136,7 +136,7 @@ def corrupt(
     with torch.no_grad(), _torch_threads(threads):
         out = fn(x, params[severity - 1], generator)
         if quantize:
-            out = torch.floor(out.clamp(0, 1) * 255) / 255
+            out = out.clamp(0, 1).mul_(255).floor_().div_(255)  # floor(255 * out) / 255
     return out.to(dtype=images.dtype)
 
 

@@ -29,22 +29,23 @@ def normal(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
 
 
 def gaussian_noise(x: torch.Tensor, c: float, generator=None) -> torch.Tensor:
-    return (x + c * normal(x.shape, generator, x.device, x.dtype)).clamp(0, 1)
+    return normal(x.shape, generator, x.device, x.dtype).mul_(c).add_(x).clamp_(0, 1)  # = x + c * z
 
 
 def shot_noise(x: torch.Tensor, c: float, generator=None) -> torch.Tensor:
     g = _gen_device(generator, x.device)
     rate = (x * c).to(g)
-    return (torch.poisson(rate, generator=generator).to(x.device) / c).clamp(0, 1)
+    return torch.poisson(rate, generator=generator).to(x.device).div_(c).clamp_(0, 1)
 
 
 def impulse_noise(x: torch.Tensor, c: float, generator=None) -> torch.Tensor:
     """skimage ``random_noise(mode='s&p', amount=c)``: each value (per channel) is
     replaced with probability ``c`` (``rand <= c``), by 1 or 0 with equal odds."""
     u = uniform((2, *x.shape), generator, x.device, x.dtype)
-    flipped, salted = u[0] <= c, u[1] <= 0.5
-    return torch.where(flipped, salted.to(x.dtype), x)
+    flipped = u[0] <= c
+    return torch.where(flipped, u[1].le_(0.5), x)  # le_ leaves 1.0 (salt) or 0.0 (pepper)
 
 
 def speckle_noise(x: torch.Tensor, c: float, generator=None) -> torch.Tensor:
-    return (x + x * c * normal(x.shape, generator, x.device, x.dtype)).clamp(0, 1)
+    z = normal(x.shape, generator, x.device, x.dtype)
+    return z.mul_(x * c).add_(x).clamp_(0, 1)  # = x + (x * c) * z

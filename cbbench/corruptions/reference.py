@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import math
 import threading
 import types
 import warnings
@@ -271,10 +272,10 @@ def check_batch(images: Any, name: str, min_size: int, why: str = "") -> None:
     if h < min_size or w < min_size:
         raise ValueError(f"{name}: images must be at least {min_size}x{min_size}{why}, got {h}x{w}")
     if images.numel():
-        x = images.detach()
-        if not bool(torch.isfinite(x).all()):
+        # one pass: min and max propagate NaN, and an inf is the min or the max
+        lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("images contain NaN or inf")
-        lo, hi = float(x.min()), float(x.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"images must be in [0, 1] (un-normalized, not ImageNet-normalized), "
                              f"got values in [{lo:.4g}, {hi:.4g}]")

@@ -46,24 +46,39 @@ def plasma_fractal(b: int, mapsize: int, wibbledecay: float, draw, dtype=torch.f
     step, wibble = mapsize, 100.0
 
     def wibbled(a):
-        return a / 4 + wibble * draw(a.shape, -wibble, wibble)
+        return (a / 4).add_(draw(a.shape, -wibble, wibble).mul_(wibble))  # a / 4 + wibble * draw
 
     while step >= 2:
         half = step // 2
         corner = m[:, 0::step, 0::step]
-        sq = corner + torch.roll(corner, -1, 1)
-        sq = sq + torch.roll(sq, -1, 2)
+        sq = _plus_rolled(corner, -1, 1)
+        sq = _plus_rolled(sq, -1, 2)
         m[:, half::step, half::step] = wibbled(sq)
         dr = m[:, half::step, half::step]
         ul = m[:, 0::step, 0::step]
-        lt = (dr + torch.roll(dr, 1, 1)) + (ul + torch.roll(ul, -1, 2))
+        lt = _plus_rolled(dr, 1, 1).add_(_plus_rolled(ul, -1, 2))
         m[:, 0::step, half::step] = wibbled(lt)
-        tt = (dr + torch.roll(dr, 1, 2)) + (ul + torch.roll(ul, -1, 1))
+        tt = _plus_rolled(dr, 1, 2).add_(_plus_rolled(ul, -1, 1))
         m[:, half::step, 0::step] = wibbled(tt)
         step //= 2
         wibble /= wibbledecay
-    m = m - m.amin((1, 2), keepdim=True)
-    return m / m.amax((1, 2), keepdim=True)
+    m = m.sub_(m.amin((1, 2), keepdim=True))
+    return m.div_(m.amax((1, 2), keepdim=True))
+
+
+def _plus_rolled(a: torch.Tensor, shift: int, dim: int) -> torch.Tensor:
+    """``a + torch.roll(a, shift, dim)`` for shift = +-1, without materializing the roll."""
+    n = a.shape[dim]
+    if n == 1:
+        return a + a
+    out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+    if shift == -1:  # out[i] = a[i] + a[i + 1 mod n]
+        torch.add(a.narrow(dim, 0, n - 1), a.narrow(dim, 1, n - 1), out=out.narrow(dim, 0, n - 1))
+        torch.add(a.narrow(dim, n - 1, 1), a.narrow(dim, 0, 1), out=out.narrow(dim, n - 1, 1))
+    else:  # out[i] = a[i] + a[i - 1 mod n]
+        torch.add(a.narrow(dim, 1, n - 1), a.narrow(dim, 0, n - 1), out=out.narrow(dim, 1, n - 1))
+        torch.add(a.narrow(dim, 0, 1), a.narrow(dim, n - 1, 1), out=out.narrow(dim, 0, 1))
+    return out
 
 
 def _mapsize(h: int, w: int) -> int:
@@ -74,15 +89,15 @@ def _mapsize(h: int, w: int) -> int:
 def fog_apply(x: torch.Tensor, c, fractal: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     max_val = x.amax((1, 2, 3), keepdim=True)
-    y = x + c[0] * fractal[:, None, :h, :w].to(x.dtype)
-    return (y * max_val / (max_val + c[0])).clamp(0, 1)
+    y = x + fractal[:, None, :h, :w].to(x.dtype) * c[0]
+    return y.mul_(max_val).div_(max_val + c[0]).clamp_(0, 1)
 
 
 def fog(x: torch.Tensor, c, generator=None) -> torch.Tensor:
     b, _, h, w = x.shape
 
     def draw(shape, lo, hi):
-        return uniform(shape, generator, x.device, torch.float64) * (hi - lo) + lo
+        return uniform(shape, generator, x.device, torch.float64).mul_(hi - lo).add_(lo)
 
     return fog_apply(x, c, plasma_fractal(b, _mapsize(h, w), c[1], draw, device=x.device))
 
@@ -126,8 +141,8 @@ def frost_apply(x: torch.Tensor, c, idx, top, left) -> torch.Tensor:
     for i in range(b):  # one slice per image: the pictures differ in size
         fr = _frost_rescaled(int(idx[i]), h, w)
         crops.append(fr[:, int(top[i]) : int(top[i]) + h, int(left[i]) : int(left[i]) + w])
-    f = torch.stack(crops).to(x.device, x.dtype) / 255
-    return (c[0] * x + c[1] * f).clamp(0, 1)
+    f = torch.stack(crops).to(x.device, x.dtype).div_(255)
+    return (x * c[0]).add_(f.mul_(c[1])).clamp_(0, 1)  # c0 * x + c1 * f
 
 
 def frost(x: torch.Tensor, c, generator=None) -> torch.Tensor:
@@ -147,17 +162,18 @@ def snow_apply(x: torch.Tensor, c, layer: torch.Tensor, angles) -> torch.Tensor:
     """snow given the raw normal layer (B, H, W) (already ``loc + scale * z``) and angles."""
     h, w = x.shape[-2:]
     s = clipped_zoom(layer[:, None].double(), c[2])
-    s = torch.where(s < c[3], torch.zeros_like(s), s).clamp(0, 1)
+    s = s.masked_fill_(s < c[3], 0).clamp_(0, 1)
     s = motion_blur_layer(s, c[4], c[5], angles)
-    s = (torch.round(s * 255).clamp(0, 255) / 255)[..., :h, :w].to(x.dtype)
-    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
-    y = c[6] * x + (1 - c[6]) * torch.maximum(x, gray * 1.5 + 0.5)
-    return (y + s + torch.flip(s, (-2, -1))).clamp(0, 1)
+    s = s.mul_(255).round_().clamp_(0, 255).div_(255)[..., :h, :w].to(x.dtype)
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1]).add_(0.114 * x[:, 2])[:, None]
+    # y = c6 * x + (1 - c6) * max(x, 1.5 * gray + 0.5)
+    y = (x * c[6]).add_(torch.maximum(x, gray.mul_(1.5).add_(0.5)).mul_(1 - c[6]))
+    return y.add_(s).add_(torch.flip(s, (-2, -1))).clamp_(0, 1)
 
 
 def snow(x: torch.Tensor, c, generator=None) -> torch.Tensor:
     b, _, h, w = x.shape
-    layer = normal((b, h, w), generator, x.device, torch.float64) * c[1] + c[0]
+    layer = normal((b, h, w), generator, x.device, torch.float64).mul_(c[1]).add_(c[0])
     angles = uniform((b,), generator, "cpu", torch.float64).numpy() * 90 - 135
     return snow_apply(x, c, layer, angles)
 
@@ -185,21 +201,29 @@ def _water_mask(liquid: np.ndarray, c4: float) -> np.ndarray:
 def spatter_apply(x: torch.Tensor, c, layer: torch.Tensor) -> torch.Tensor:
     """spatter given the raw normal layer (B, H, W) (already ``loc + scale * z``)."""
     liquid = gaussian_filter(layer[:, None].double(), c[2])[:, 0]
-    liquid = torch.where(liquid < c[3], torch.zeros_like(liquid), liquid)
+    liquid = liquid.masked_fill(liquid < c[3], 0)
     if c[5] == 0:
+        import cv2
+
         lq = liquid.cpu().numpy()
-        m = np.stack([_water_mask(lq[i], c[4]) for i in range(lq.shape[0])])
+        # OpenCV's own threads follow torch's (the engine's choice from the load); same output
+        before = cv2.getNumThreads()
+        cv2.setNumThreads(torch.get_num_threads())
+        try:
+            m = np.stack([_water_mask(lq[i], c[4]) for i in range(lq.shape[0])])
+        finally:
+            cv2.setNumThreads(before)
         m = torch.from_numpy(m).to(x.device, x.dtype)[:, None]
         color = torch.tensor([175 / 255, 238 / 255, 238 / 255], device=x.device, dtype=x.dtype)
-        return (x + m * color.view(1, 3, 1, 1)).clamp(0, 1)
+        return (m * color.view(1, 3, 1, 1)).add_(x).clamp_(0, 1)  # x + m * color
     m = (liquid > c[3]).to(torch.float64)[:, None]
     m = gaussian_filter(m, c[4])
-    m = torch.where(m < 0.8, torch.zeros_like(m), m).to(x.dtype)
+    m = m.masked_fill_(m < 0.8, 0).to(x.dtype)
     color = torch.tensor([63 / 255, 42 / 255, 20 / 255], device=x.device, dtype=x.dtype)
-    return (x * (1 - m) + color.view(1, 3, 1, 1) * m).clamp(0, 1)
+    return (x * (1 - m)).add_(color.view(1, 3, 1, 1) * m).clamp_(0, 1)
 
 
 def spatter(x: torch.Tensor, c, generator=None) -> torch.Tensor:
     b, _, h, w = x.shape
-    layer = normal((b, h, w), generator, x.device, torch.float64) * c[1] + c[0]
+    layer = normal((b, h, w), generator, x.device, torch.float64).mul_(c[1]).add_(c[0])
     return spatter_apply(x, c, layer)
