@@ -106,6 +106,7 @@ def measure_pipelines(base, val: Path, n: int, b: int, repeats: int, workers: in
     from cbbench.runner import stream_every_s
     from cbbench.store import Store
     from cbbench.tasks.base import TaskContext, run_batches
+    from cbbench.tasks.context import CellStore, RunSettings
 
     store = Store(tempfile.mkdtemp(dir=val.parents[2]))  # fresh: no repeat reads back another's outcomes
 
@@ -140,9 +141,8 @@ def measure_pipelines(base, val: Path, n: int, b: int, repeats: int, workers: in
         stamps.append([time.perf_counter()])
         key = f"repeat{len(stamps)}"  # a new cell each repeat: nothing is read back from an earlier one
         outcomes["cbbench"] = run_batches(base, TaskContext(
-            dataset=ds, batch_size=b, transform=tf, progress=lambda total, desc: Stamps(),
-            save_part=lambda part, arrays: store.put_part(key, part, arrays),
-            load_parts=lambda prefix: store.get_parts(key, prefix), stream_every_s=stream_every_s()))
+            ds, RunSettings(batch_size=b), CellStore(store, key, stream_every_s()), transform=tf,
+            progress=lambda total, desc: Stamps()))
 
     def timm_loop():  # timm's validate.py, minus its logging: loader -> model -> top-1/top-5
         dataset = timm.data.create_dataset("", root=str(val), split="validation", is_training=False)
@@ -250,14 +250,15 @@ import torch
 from cbbench.runner import stream_every_s
 from cbbench.store import Store
 from cbbench.tasks.base import TaskContext, run_batches
-class Synthetic:
-    name = "synthetic"
-    def __init__(self, n): self.n = n
+from cbbench.tasks.context import CellStore, RunSettings
+class Synthetic:  # an EvalDataset that holds nothing: zero images made per batch
+    name, num_classes, description, class_subset, num_workers = "synthetic", 10, "", None, 0
+    def __init__(self, n): self.n, self.corrupt, self.decode_fallbacks = n, {{}}, {{}}
     def __len__(self): return self.n
-    def batches(self, batch_size, limit=None, transform=None):
+    def batches(self, batch_size, limit=None, transform=None, pin_memory=None, only=None, decode_device=None):
         x = torch.zeros(batch_size, 3, 1, 1)
-        for s in range(0, self.n, batch_size):
-            e = min(s + batch_size, self.n)
+        for k in (only if only is not None else range(-(-self.n // batch_size))):
+            s, e = k * batch_size, min((k + 1) * batch_size, self.n)
             yield x[:e - s], torch.arange(s, e) % 10, torch.arange(s, e)
 class Fake(torch.nn.Module):
     def forward(self, x):
@@ -265,8 +266,7 @@ class Fake(torch.nn.Module):
 torch.set_num_threads(1)
 store = Store(tempfile.mkdtemp())
 def ctx(n, key):
-    return TaskContext(dataset=Synthetic(n), batch_size={b}, stream_every_s=stream_every_s(),
-                       save_part=lambda p, a: store.put_part(key, p, a), load_parts=lambda p: store.get_parts(key, p))
+    return TaskContext(Synthetic(n), RunSettings(batch_size={b}), CellStore(store, key, stream_every_s()))
 run_batches(Fake(), ctx(10 * {b}, "warm-up"))
 def status(field):
     for line in open("/proc/self/status"):
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
         "# Clean-evaluation pipeline throughput (CPU)", "",
         f"Command (from the repository root): `{command.strip()}`", "",
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores visible, SHARED with other jobs (noisy); torch threads "
-        f"{torch.get_num_threads()}, DataLoader workers {workers} (cbbench's default, min(4, cores); timm's loop "
+        f"{torch.get_num_threads()}, DataLoader workers {workers} (cbbench's default: one per available core, CBBENCH_NUM_WORKERS; timm's loop "
         f"gets the same); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after. Python "
         f"{platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}. Total bench time "
         f"{total:.0f} s.", "",
