@@ -338,7 +338,8 @@ def main(argv=None) -> int:
         f"Command (from the repository root): `{command.strip()}`", "",
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores visible, SHARED with other jobs (noisy); torch threads "
         f"{torch.get_num_threads()}, DataLoader workers {workers} (cbbench's default: one per available core, "
-        f"CBBENCH_NUM_WORKERS; timm's loop gets the same); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after. Python "
+        f"CBBENCH_NUM_WORKERS; timm's loop gets the same); load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after. Python "
         f"{platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}. Total bench time "
         f"{total:.0f} s.", "",
         f"Data: the first {n} images of the ImageNet sample (real JPEGs, one per class, shorter side <= 256), "

@@ -169,7 +169,8 @@ def run_batches(model: torch.nn.Module, ctx: TaskContext, perturb: Perturb | Non
     names = list(cells)
     # Under torchrun a rank evaluates batches rank, rank + world, ...: those are what its bar counts.
     ours = range(rank, math.ceil(ctx.num_samples / ctx.run.batch_size), world_size)
-    bar = ctx.progress(total=sum(min(ctx.run.batch_size, ctx.num_samples - b * ctx.run.batch_size) for b in ours) * len(cells),
+    ours_samples = sum(min(ctx.run.batch_size, ctx.num_samples - b * ctx.run.batch_size) for b in ours)
+    bar = ctx.progress(total=ours_samples * len(cells),
                        desc=names[0] if single else f"{names[0]} .. {names[-1]} ({len(cells)} cells, one pass)")
     for d, record in records.items():
         if record.resumed_samples:
