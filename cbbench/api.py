@@ -115,9 +115,13 @@ def load_model(name_or_spec, device: str | torch.device = "cpu", checkpoint_dir:
 
 
 def check_classes(model: InMemoryModel, dataset, device) -> None:
-    """One forward on two images: a head that does not fit the dataset fails here, with the fix, not in a cell."""
-    images = getattr(dataset, "images", None)
-    x = images[:2] if images is not None else torch.rand(2, 3, model.input_size or 224, model.input_size or 224)
+    """One forward on two images: a head that does not fit the dataset fails here, with the fix, not in a cell.
+    The dataset's first two (decoded with the model's transform); random ones for a tree of datasets (ImageNet-C)."""
+    from cbbench.data.base import EvalDataset
+
+    x = torch.rand(2, 3, model.input_size or 224, model.input_size or 224)
+    if isinstance(dataset, EvalDataset):
+        x = next(iter(dataset.batches(2, 2, transform=model.eval_transform)), (x,))[0]
     with torch.no_grad():
         out = model(x.to(device))
     if out.ndim != 2 or out.shape[1] != dataset.num_classes:
