@@ -197,6 +197,8 @@ def _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gp
         models, unavailable = _load_models(specs, dataset, device, config, say, progress, prebuilt)
         partners = _partners(models)
         run_provenance = provenance(device)  # what every cell of this run shares
+        settings = RunSettings(device=device, batch_size=config.batch_size, limit=config.limit, seed=config.seed,
+                               data_root=data_root, pipeline=pipeline, decode_on_device=decode_gpu)
         position = 0
         for task in tasks:
             for spec in specs:
@@ -223,8 +225,8 @@ def _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gp
                 else:
                     if config.force:
                         store.delete_parts(key)  # also what an interrupted attempt stored
-                    outcome = _evaluate(store, ident, task, model, partners.get(spec.name), dataset, config,
-                                        device, run_provenance, progress, data_root, every_s)
+                    outcome = _evaluate(store, ident, task, model, partners.get(spec.name), dataset, settings,
+                                        run_provenance, progress, every_s)
                 store.add_run_cell(summary.run_id, position, key, spec.name, task.name, outcome.status,
                                    outcome.reason, outcome.traceback)
                 position += 1
@@ -296,12 +298,9 @@ def _partners(models: dict) -> dict:
     return partners
 
 
-def _evaluate(store, ident, task, model, partner, dataset, config, device, run_provenance, progress, data_root,
+def _evaluate(store, ident, task, model, partner, dataset, settings: RunSettings, run_provenance, progress,
               every_s: float | None = None) -> CellOutcome:
     key = ident["key"]
-    settings = RunSettings(device=device, batch_size=config.batch_size, limit=config.limit, seed=config.seed,
-                           data_root=data_root, pipeline=config.pipeline,
-                           decode_on_device=decode_on_device(config.decode, device))
     ctx = TaskContext(dataset, settings, CellStore(store, key, stream_every_s() if every_s is None else every_s),
                       transform=getattr(model, "eval_transform", None), partner=partner)
     if progress is not None:
@@ -321,7 +320,7 @@ def _evaluate(store, ident, task, model, partner, dataset, config, device, run_p
         store.put(**ident, status="failed", reason=reason, provenance=dict(run_provenance, traceback=trace))
         return CellOutcome(ident["model"], task.name, "failed", reason, traceback=trace)
     wall = time.perf_counter() - t0
-    prov = dict(run_provenance, wall_s=wall, batch_size=config.batch_size, protocol=task.protocol, notes=result.notes,
+    prov = dict(run_provenance, wall_s=wall, batch_size=settings.batch_size, protocol=task.protocol, notes=result.notes,
                 num_params=sum(p.numel() for p in model.parameters()), weights_digest=model.weights_digest,
                 trained_on=getattr(model, "trained_on", None),
                 pipeline=dict(ctx.run.pipeline.describe(), decode="gpu" if ctx.run.decode_on_device else "cpu",

@@ -82,35 +82,27 @@ def sample_images() -> Path:
     return SHARED_SAMPLE
 
 
-class CallableCellStore:
-    """A cell store made of plain callables (e.g. a dict's get/__setitem__), for tests that watch parts."""
-
-    def __init__(self, load_part=None, save_part=None, load_parts=None, stream_every_s=None):
-        from cbbench.tasks.context import CellStore
-
-        self._load, self._save, self._load_all = load_part, save_part, load_parts
-        self.stream_every_s = stream_every_s
-        self.get_or_compute = CellStore.get_or_compute.__get__(self)
-
-    def get(self, name):
-        return self._load(name) if self._load else None
-
-    def put(self, name, arrays):
-        if self._save:
-            self._save(name, arrays)
-
-    def get_all(self, prefix):
-        return self._load_all(prefix) if self._load_all else []
-
-
 def task_context(dataset, *, load_part=None, save_part=None, load_parts=None, stream_every_s=None, **kw):
     """A TaskContext from flat keywords: RunSettings' fields go to the settings, part callables to the store."""
     import dataclasses
 
     from cbbench.tasks.context import CellStore, RunSettings, TaskContext
 
+    class CallableCellStore(CellStore):
+        """A cell store made of plain callables (e.g. a dict's get/__setitem__), for tests that watch parts."""
+
+        def get(self, name):
+            return load_part(name) if load_part else None
+
+        def put(self, name, arrays):
+            if save_part:
+                save_part(name, arrays)
+
+        def get_all(self, prefix):
+            return load_parts(prefix) if load_parts else []
+
     fields = {f.name for f in dataclasses.fields(RunSettings)}
     settings = RunSettings(**{k: kw.pop(k) for k in list(kw) if k in fields})
-    parts = (load_part, save_part, load_parts, stream_every_s)
-    store = CallableCellStore(*parts) if any(p is not None for p in parts) else CellStore()
+    store = CallableCellStore()  # without callables it keeps nothing, as CellStore() does
+    store.stream_every_s = stream_every_s
     return TaskContext(dataset, settings, store, **kw)

@@ -28,8 +28,8 @@ from cbbench.seeding import batch_seed
 from cbbench.store import pack, unpack
 from cbbench.tasks.adversarial import LinfAttackTask
 from cbbench.tasks.autoattack import AutoAttackTask
-from cbbench.tasks.context import RunSettings
 from cbbench.tasks.base import TASKS, TaskContext
+from cbbench.tasks.context import RunSettings
 from cbbench.tasks.epsilon_sweep import EpsilonSweepTask
 from cbbench.tasks.transfer_attack import TransferAttackTask
 from tests.conftest import task_context, tiny_vit
@@ -232,15 +232,14 @@ def test_sweep_resumes_from_stored_eps_parts(models):
 
 def _run_cell(task, model, data, tmp_path, partner=None):
     """One cell through the runner's own error handling and store, as `cbbench run` does it."""
-    from cbbench.runner import RunConfig, _evaluate
+    from cbbench.runner import _evaluate
     from cbbench.store import Store
 
     store = Store(tmp_path / "store")
     ident = dict(key="cell", model="m", model_spec={}, weights_digest="0", task=task.name,
                  task_version=task.version, task_params=task.params(), dataset=data.name, limit=8, seed=0)
     args = dict(store=store, ident=ident, task=task, model=model, partner=partner, dataset=data,
-                config=RunConfig(limit=8, batch_size=8), device=torch.device("cpu"), run_provenance={}, progress=None,
-                data_root=None)
+                settings=RunSettings(limit=8, batch_size=8), run_provenance={}, progress=None)
     params = inspect.signature(_evaluate).parameters  # the runner is private API: pass what it takes
     try:
         outcome = _evaluate(**{k: v for k, v in args.items() if k in params})

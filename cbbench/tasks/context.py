@@ -67,7 +67,7 @@ class _NoProgress:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What the runner fixes for every cell of a run (all of it enters the cell key or the provenance)."""
+    """What the runner fixes for every cell of a run (the runner builds it once per run)."""
 
     device: torch.device = torch.device("cpu")
     batch_size: int = 128

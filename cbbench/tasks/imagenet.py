@@ -17,6 +17,7 @@ import numpy as np
 
 from cbbench.corruptions.catalog import BENCHMARK_CORRUPTIONS, HELDOUT_CORRUPTIONS, SEVERITIES
 from cbbench.data import imagenet as data  # importing it registers the ImageNet datasets
+from cbbench.data.base import EvalDataset
 from cbbench.data.registry import load_dataset
 from cbbench.data.device_decode import fallback_note
 from cbbench.data.folders import ImageFolderDataset, to_tensor_only
@@ -43,8 +44,9 @@ def resolve_dataset(ctx: TaskContext, name: str):
 
 
 def with_workers(ds, ctx: TaskContext):
-    """``ds`` reading its files with the run's DataLoader workers (``RunSettings.num_workers``), if it sets them."""
-    if ctx.run.num_workers is not None:
+    """``ds`` reading its files with the run's DataLoader workers (``RunSettings.num_workers``), if it sets them.
+    A tree of datasets (ImageNet-C) reads nothing itself: its cells get the workers (``ImageNetCTask``)."""
+    if ctx.run.num_workers is not None and isinstance(ds, EvalDataset):
         ds.num_workers = ctx.run.num_workers
     return ds
 
