@@ -287,30 +287,24 @@ def cmd_train(args) -> int:
                              "(those are for the demo/CIFAR recipes without --recipe)")
         if not args.arch or not args.out:
             raise ValueError("--recipe needs --arch TIMM_ARCH (e.g. deit_tiny_patch16_224) and --out DIR")
-        owns_group = distributed.init_from_env(device.type)
-        device = distributed.local_device(device)
-        if device.type == "cuda":
-            import torch
+        with distributed.process_group(device.type):  # under torchrun: one process per GPU
+            device = distributed.local_device(device)
+            if device.type == "cuda":
+                import torch
 
-            torch.cuda.set_device(device)
-        sets = {**parse_sets(args.set), **({"epochs": args.epochs} if args.epochs else {})}
-        main_rank = distributed.is_main()
-        per_process_cpus = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        runtime = Runtime(device, amp=args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda"),
-                          channels_last=args.channels_last, compile=args.compile,
-                          workers=args.workers if args.workers is not None else max(1, min(8, per_process_cpus)),
-                          save_every=args.save_every, progress=main_rank)
-        out = Path(args.out)
-        t0 = time.perf_counter()
-        finished = False
-        try:
+                torch.cuda.set_device(device)
+            sets = {**parse_sets(args.set), **({"epochs": args.epochs} if args.epochs else {})}
+            main_rank = distributed.is_main()
+            per_process_cpus = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            runtime = Runtime(device, amp=args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda"),
+                              channels_last=args.channels_last, compile=args.compile,
+                              workers=args.workers if args.workers is not None else max(1, min(8, per_process_cpus)),
+                              save_every=args.save_every, progress=main_rank)
+            out = Path(args.out)
+            t0 = time.perf_counter()
             train_pair(args.recipe, args.arch, data_root(args.data_root), out, runtime, sets=sets, seed=args.seed,
                        pretrained=args.pretrained, init=args.init, resume=args.resume,
                        say=(lambda msg: print(msg, file=sys.stderr)) if main_rank else None)
-            finished = True
-        finally:
-            if owns_group:
-                distributed.shutdown(finished)
         if main_rank:
             print(f"trained the {args.arch} pair in {time.perf_counter() - t0:.0f} s: {out / 'baseline.pth'}, "
                   f"{out / 'cb.pth'}; model card {out / 'card.md'}")

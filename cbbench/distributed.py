@@ -8,21 +8,30 @@ created from the environment (gloo on CPU, nccl with CUDA).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 
-def init_from_env(device_type: str) -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); no-op otherwise. True when this call
-    created the group (so the caller also leaves it: ``shutdown``), False for a group the user made."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+@contextlib.contextmanager
+def process_group(device_type: str) -> Iterator[None]:
+    """Inside the block: in the process group torchrun describes (WORLD_SIZE > 1; gloo on CPU, nccl with
+    CUDA); a no-op otherwise, or when the user made the group. On the way out a group made here is left
+    (``_leave``)."""
+    owns = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        return True
-    return False
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        if owns:
+            _leave(finished)
 
 
 def world() -> tuple[int, int]:
@@ -57,7 +66,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown(finished: bool) -> None:
+def _leave(finished: bool) -> None:
     """Leave the process group before the interpreter exits: a rank that exits with gloo's threads still
     alive aborts ("terminate called without an active exception", SIGABRT), which torchrun reports as a
     failed run. After a finished run the ranks first wait for each other; after an error they do not (a

@@ -171,16 +171,9 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
     pipeline = config.pipeline  # validates --amp before any work
     device = distributed.local_device(pick_device(config.device))
     decode_gpu = decode_on_device(config.decode, device)  # validates --decode before any work
-    owns_group = distributed.init_from_env(device.type)
-    finished = False
-    try:
-        summary = _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gpu, data_root, say,
-                             progress, prebuilt)
-        finished = True
-        return summary
-    finally:
-        if owns_group:
-            distributed.shutdown(finished)
+    with distributed.process_group(device.type):
+        return _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gpu, data_root, say,
+                          progress, prebuilt)
 
 
 def _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gpu, data_root, say, progress,
