@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
+from imagenet_sample import SAMPLES
+
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = (ROOT / ".gpu-data" / "imagenet-sample", ROOT.parent / "shared" / "datasets" / "imagenet-sample")
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
 RESULT = ROOT / "results" / "bench" / "gpu.md"
 
