@@ -314,9 +314,30 @@ def test_outputs_do_not_depend_on_the_thread_count_which_follows_the_load(monkey
     monkeypatch.delenv(engine.THREADS_ENV)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
-    for load, threads in ((0.2, 4), (1.0, 4), (2.5, 2), (3.5, 1), (40.0, 1)):
-        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
-        assert engine.engine_threads() == threads, load
+    for others, threads in ((0, 4), (1, 3), (2, 2), (3, 1), (40, 1)):
+        monkeypatch.setattr(engine, "others_running", lambda others=others: others)
+        assert engine.engine_threads() == threads, others
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").is_file(), reason="needs Linux /proc")
+def test_others_running_counts_a_busy_process_now():
+    """The thread choice reads who runs at this moment (the load average lagged a minute behind and counted
+    the engine's own threads, so a quiet machine got 1 thread)."""
+    import subprocess
+    import sys
+    import time
+
+    from cbbench.corruptions.engine import others_running
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while others_running() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert others_running() >= 1
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_banded_products_equal_the_dense_products():

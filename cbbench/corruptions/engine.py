@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "PARAMETERS",
     "corrupt",
     "engine_threads",
+    "others_running",
 ]
 
 #: Environment variable that fixes the engine's CPU threads (default: chosen from the load, ``engine_threads``).
@@ -146,20 +148,33 @@ def engine_threads() -> int:
     The engine runs many small ops, each ending at an OpenMP barrier; a thread that
     loses its core to another process makes every barrier wait a time slice. On 2
     shared cores under load ~3, all 19 corruptions took 642 ms per image with 2
-    threads and 95 ms with 1 (issue 20). Idle cores = cores available - the 1-minute
-    load average + 1 (this process's own share of the load). The outputs do not depend on
-    the thread count (tests/test_corruption_engine.py), so this choice changes speed only.
-    ``$CBBENCH_ENGINE_THREADS`` fixes it.
+    threads and 95 ms with 1 (issue 20). Idle cores = cores available - threads of
+    other processes running right now (``others_running``). The 1-minute load average
+    used before lagged a minute behind and counted the engine's own threads: on a quiet
+    machine the engine's own work pushed it to 1 thread. The outputs do not depend on
+    the thread count (tests/test_corruption_engine.py), so this choice changes speed
+    only. ``$CBBENCH_ENGINE_THREADS`` fixes it.
     """
     fixed = os.environ.get(THREADS_ENV)
     if fixed:
         return max(1, int(fixed))
     try:
-        cores = len(os.sched_getaffinity(0))
-        idle = cores - os.getloadavg()[0] + 1
-    except (AttributeError, OSError):  # no affinity or load average on this platform
+        idle = len(os.sched_getaffinity(0)) - others_running()
+    except (AttributeError, OSError, ValueError, IndexError):  # no affinity or /proc on this platform
         return torch.get_num_threads()
-    return max(1, min(torch.get_num_threads(), int(idle)))
+    return max(1, min(torch.get_num_threads(), idle))
+
+
+def others_running() -> int:
+    """Threads of other processes that are running or waiting for a CPU at this moment (Linux: the
+    runnable count in /proc/loadavg, less this process's threads in state R)."""
+    with open("/proc/loadavg") as f:
+        runnable = int(f.read().split()[3].split("/")[0])
+    own = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            own += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+    return max(0, runnable - own)
 
 
 @contextlib.contextmanager
