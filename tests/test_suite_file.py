@@ -50,7 +50,7 @@ def suite_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("suite_file")
     path = write(root, "name: smoke_file\ndataset: digits\n" + MODELS + """tasks:
   - clean
-  - pgd: {eps: 2/255, steps: 2}
+  - pgd: {eps: 2/255, steps: 2, step_size: 1/255}
   - corruptions_torch: {severities: [3], names: [fog]}
 """)
     code = main(["run", "--suite", str(path), "--limit", "8", "--results", str(root / "results"), "--log-samples"])
@@ -116,6 +116,8 @@ def test_log_samples_writes_one_jsonl_per_cell(suite_run, capsys):
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {steps: 0}}]\n", "pgd.steps: must be at least 1"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {eps: 2}}]\n", "did you mean 2/255?"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {eps: 2/0}}]\n", "cannot parse eps='2/0'"),
+    ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {eps: 8/255}}]\n",  # 5 steps of 0.5/255 reach 2.5/255
+     "pgd: PGD with eps=8/255 cannot reach the edge of its ε-ball: 5 steps of 0.5/255 move an image at most 2.5/255"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [{pgd: {random_start: 1}}]\n", "expected true or false"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [{corruptions_torch: {severities: 3}}]\n",
      "expected a non-empty list"),

@@ -167,6 +167,16 @@ def test_bad_attack_parameters_are_refused():
         LinfAttackTask(attack="pgd", eps="8")
     with pytest.raises(ValueError, match="unknown attack"):
         LinfAttackTask(attack="cw", eps="1/255")
+    # an attack that cannot reach its ε-ball's edge would be reported under an ε it never attacks at
+    with pytest.raises(ValueError, match=r"cannot reach the edge .* at most 2.5/255.* at least eps / steps \(1.6/255"):
+        LinfAttackTask(attack="pgd", eps="8/255", steps=5, step_size="0.5/255")
+    with pytest.raises(ValueError, match="PGD needs a step_size"):
+        LinfAttackTask(attack="pgd", eps="1/255", steps=5)
+    LinfAttackTask(attack="pgd", eps="8/255", steps=5, step_size="1.6/255")  # exactly reaches it
+    from cbbench.tasks.transfer_attack import TransferAttackTask
+
+    with pytest.raises(ValueError, match="cannot reach the edge"):
+        TransferAttackTask(eps="16/255")  # 10 steps of 1/255
 
 
 def test_cost_task_counts_parameters_and_times_the_pair_side_by_side():
@@ -204,7 +214,7 @@ def test_amp_applies_to_the_evaluation_forward_only_and_attacks_stay_fp32():
 
     m = model()
     probe = Probe(m)
-    attack = LinfAttackTask(attack="pgd", eps="4/255", steps=2, step_size="1/255", random_start=True)
+    attack = LinfAttackTask(attack="pgd", eps="4/255", steps=2, step_size="2/255", random_start=True)
     adversarial = {}
 
     def run(pipeline):

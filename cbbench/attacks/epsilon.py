@@ -48,3 +48,23 @@ def validate_epsilon(eps) -> float:
     (the last usually means 0..255 units: 2.0 suggests ``2/255``).
     """
     return parse_pixel_value(eps, "eps")
+
+
+def check_pgd_reach(eps, steps, step_size) -> None:
+    """Refuse a PGD budget whose steps cannot carry an image to the edge of its ε-ball (steps x step size < ε).
+
+    Such an attack is weaker than its label: the report would print "PGD ε=8/255" for an attack that moves
+    at most 2.5/255 (what overriding ``eps`` in a suite file without ``step_size`` used to give).
+    """
+    e = validate_epsilon(eps)
+    if step_size is None:
+        raise ValueError(f"PGD needs a step_size, e.g. {2.5 * e * 255 / max(1, int(steps)):.3g}/255 for eps={eps} in "
+                         f"{steps} steps (2.5 x eps / steps, Madry et al.)")
+    s = parse_pixel_value(step_size, "step_size")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+    if s <= 0 or steps * s < e * (1 - 1e-9):
+        raise ValueError(
+            f"PGD with eps={eps} cannot reach the edge of its ε-ball: {steps} steps of {step_size} move an image at "
+            f"most {steps * s * 255:.3g}/255, a weaker attack than its label. Set step_size to at least eps / steps "
+            f"({e * 255 / steps:.3g}/255; 2.5 x eps / steps = {2.5 * e * 255 / steps:.3g}/255 is usual) or raise steps")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cbbench.attacks.epsilon import validate_epsilon
+from cbbench.attacks.epsilon import check_pgd_reach, validate_epsilon
 from cbbench.tasks.base import (
     Batch, Metric, Task, TaskContext, TaskResult, accuracy_metrics, attack_metrics, register_task, run_batches,
 )
@@ -79,6 +79,8 @@ class LinfAttackTask(AttackTask):
         if self.attack not in ("fgsm", "pgd"):
             raise ValueError(f"unknown attack {self.attack!r}; use 'fgsm' or 'pgd'")
         validate_epsilon(self.eps)
+        if self.attack == "pgd":
+            check_pgd_reach(self.eps, self.steps, self.step_size)
 
     @property
     def name(self) -> str:
