@@ -143,6 +143,29 @@ def test_claim_verdicts_need_the_whole_interval_on_one_side():
     assert "measurably slower" in cost_verdict(-0.107, -0.028)[1]
 
 
+def test_holm_keeps_only_the_verdicts_that_survive_the_number_of_claims():
+    """~17 claims at 5% each would hand a CB that does nothing a verdict in most reports (a 3-seed
+    "contradicted" of the paper suite flipped under other CPU kernels): verdicts need Holm's correction."""
+    from cbbench.report.claims import CONTRADICTED, INSUFFICIENT, SUPPORTED, Judged, holm, p_value, t_interval
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):  # the t-test behind the interval: it excludes 0 exactly when p < 0.05
+        for _ in range(200):
+            v = list(rng.normal(rng.uniform(-2, 2), 1, n))
+            _, _, low, high = t_interval(v)
+            assert (low > 0 or high < 0) == (p_value(v) < 0.05)
+    judged = [Judged(f"claim {i}", "s", "m", [], True, verdict, "the whole 95% interval lies on one side", p=p)
+              for i, (p, verdict) in enumerate(((0.01, SUPPORTED), (0.02, CONTRADICTED), (0.03, SUPPORTED),
+                                                 (0.5, INSUFFICIENT)))]
+    judged.append(Judged("parameters", "s", "m", [64.0], False, CONTRADICTED, "counted exactly", interval=""))
+    holm(judged)
+    assert [j.p_holm for j in judged[:4]] == pytest.approx([0.04, 0.06, 0.06, 0.5])
+    assert [j.verdict for j in judged] == [SUPPORTED, INSUFFICIENT, INSUFFICIENT, INSUFFICIENT, CONTRADICTED]
+    assert "also after Holm's correction for the 4 claims" in judged[0].why
+    assert "not after Holm's correction for the 4 claims judged in this run (adjusted p = 0.06)" in judged[1].why
+    assert judged[4].why == "counted exactly" and np.isnan(judged[4].p_holm)  # not a tested claim
+
+
 def test_one_seed_pair_gives_no_verdict_and_says_why(tmp_path):
     """A single seed pair's image-level interval must never be read as a verdict about CB."""
     with fixed_store(tmp_path, models=("demo_vit", "demo_vit_cb")) as store:

@@ -3,10 +3,13 @@
 A claim is judged from the per-seed paired differences (CB seed k minus baseline
 seed k, same recipe and test images): their mean and a 95% Student-t interval
 across seeds. "supported" / "contradicted" need the whole interval on one side
-of 0; otherwise the evidence is insufficient. One seed pair gives no verdict:
-an interval over images says nothing about training randomness, which moves a
-single pair's difference by more than CB does (the same recipe on another CPU
-flipped its sign).
+of 0 and the same after Holm's correction over every claim the run judges;
+otherwise the evidence is insufficient. A report judges ~17 claims: at 5% each,
+a CB that does nothing would still earn a verdict in more than half of such
+reports (a 3-seed "contradicted" of the paper suite did not survive training on
+other CPU kernels). One seed pair gives no verdict: an interval over images says
+nothing about training randomness, which moves a single pair's difference by
+more than CB does (the same recipe on another CPU flipped its sign).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from cbbench.metrics import cell_nonfinite
 from cbbench.report.pairing import pair_of
 
 SUPPORTED, CONTRADICTED, INSUFFICIENT, NO_VERDICT = "supported", "contradicted", "insufficient evidence", "no verdict"
+#: The family-wise error rate the verdicts of one run keep (Holm's step-down correction).
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class Judged:
     std: float = math.nan
     low: float = math.nan
     high: float = math.nan
+    p: float = math.nan  # two-sided test of "no difference" (nan: not a tested claim)
+    p_holm: float = math.nan  # p after Holm's correction over the run's tested claims
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -71,7 +78,8 @@ class Judged:
         return {"claim": self.claim, "model_size": self.size, "metric": self.label, "percent": self.percent,
                 "seeds": len(self.values),
                 "per_seed": [clean(v) for v in self.values], "mean": clean(self.mean), "std": clean(self.std),
-                "low": clean(self.low), "high": clean(self.high), "verdict": self.verdict, "why": self.why}
+                "low": clean(self.low), "high": clean(self.high), "p": clean(self.p), "p_holm": clean(self.p_holm),
+                "verdict": self.verdict, "why": self.why}
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float, float]:
@@ -83,6 +91,38 @@ def t_interval(values: list[float]) -> tuple[float, float, float, float]:
     std = float(v.std(ddof=1))
     half = float(stats.t.ppf(0.975, len(v) - 1)) * std / math.sqrt(len(v))
     return mean, std, mean - half, mean + half
+
+
+def p_value(values: list[float]) -> float:
+    """Two-sided one-sample t-test of the per-seed differences against 0, the test behind ``t_interval``
+    (its 95% interval excludes 0 exactly when p < 0.05); nan for one seed."""
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return math.nan
+    if v.std(ddof=1) == 0:  # identical differences: the interval is one point
+        return 0.0 if v.mean() != 0 else 1.0
+    return float(stats.ttest_1samp(v, 0.0).pvalue)
+
+
+def holm(judged: list[Judged]) -> None:
+    """Holm's step-down correction over the claims with a test: each gets ``p_holm``, and a verdict whose
+    interval excludes 0 only by the luck of many comparisons becomes "insufficient evidence", so a run's
+    verdicts are all right with probability >= 1 - ALPHA when CB changes nothing they test."""
+    tested = sorted((j for j in judged if not math.isnan(j.p)), key=lambda j: j.p)
+    running = 0.0
+    for rank, j in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * j.p))
+        j.p_holm = running
+    for j in tested:
+        if j.verdict not in (SUPPORTED, CONTRADICTED):
+            continue
+        if j.p_holm >= ALPHA:
+            j.verdict = INSUFFICIENT
+            j.why = (f"the 95% interval excludes 0, but not after Holm's correction for the {len(tested)} claims "
+                     f"judged in this run (adjusted p = {j.p_holm:.2g})")
+        else:
+            j.why += f", also after Holm's correction for the {len(tested)} claims judged in this run " \
+                     f"(adjusted p = {j.p_holm:.2g})"
 
 
 def judge(low: float, high: float, sign: int) -> tuple[str, str]:
@@ -185,10 +225,11 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
             if task == "clean":
                 gains[size] = deltas
             judged.append(Judged(claim.text, size, label, deltas, claim.percent, *judge(low, high, claim.sign),
-                                 mean=mean, std=std, low=low, high=high))
+                                 mean=mean, std=std, low=low, high=high, p=p_value(deltas)))
         judged += _cost_claims(cells, pairs, size)
     if len(gains) >= 2:
         judged.append(_smaller_gains_more(gains))
+    holm(judged)
     return judged
 
 
@@ -214,13 +255,14 @@ def _smaller_gains_more(gains: dict[str, list[float]]) -> Judged:
     ordered = list(gains)
     small, large = gains[ordered[0]], gains[ordered[-1]]
     diff = float(np.mean(small) - np.mean(large))
-    low = high = math.nan
+    low = high = p = math.nan
     if len(small) > 1 and len(large) > 1:
-        ci = stats.ttest_ind(small, large, equal_var=False).confidence_interval(0.95)
-        low, high = float(ci.low), float(ci.high)
+        test = stats.ttest_ind(small, large, equal_var=False)
+        ci = test.confidence_interval(0.95)
+        low, high, p = float(ci.low), float(ci.high), float(test.pvalue)
     return Judged(f"CB's clean-accuracy gain is larger for the smaller model ({ordered[0]} vs {ordered[-1]})",
                   "both", "difference of mean gains", small + large, True, *judge(low, high, +1),
-                  interval="welch", mean=diff, low=low, high=high, extra={"seeds": f"{len(small)} + {len(large)}"})
+                  interval="welch", mean=diff, low=low, high=high, p=p, extra={"seeds": f"{len(small)} + {len(large)}"})
 
 
 def fmt(value: float, percent: bool) -> str:
@@ -260,5 +302,6 @@ def table_rows(judged: list[Judged]) -> list[dict]:
             interval = "–" if math.isnan(j.low) else f"[{fmt(j.low, j.percent)}, {fmt(j.high, j.percent)}]{unit}"
         rows.append({"claim": j.claim, "model size": j.size, "seeds": j.extra.get("seeds", len(j.values)),
                      "per-seed values": values, "mean ± std": spread, "95% interval": interval,
+                     "p (Holm)": "" if math.isnan(j.p) else f"{j.p:.2g} ({j.p_holm:.2g})",
                      "verdict": f"**{j.verdict}**" if j.verdict in (SUPPORTED, CONTRADICTED) else j.verdict})
     return rows

@@ -317,8 +317,10 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
                 lines += [f"![{caption}]({plot_dir.name}/{path.name})", "", f"*{caption}*", ""]
     if seeded and judged:
         lines += ["## The paper's claims: the numbers behind the verdicts", "",
-                  "Per-seed paired differences (CB seed k − baseline seed k), their mean ± sample std and the 95% "
-                  "Student-t interval across seeds.", "",
+                  "Per-seed paired differences (CB seed k − baseline seed k), their mean ± sample std, the 95% "
+                  "Student-t interval across seeds, and the two-sided p of the t-test behind it (Welch's for the "
+                  "comparison of sizes) with, in brackets, its value after Holm's correction over the claims "
+                  "judged here, which decides the verdict.", "",
                   Table(table_rows(judged)), ""]
     lines += _details(cells, ordered, tasks)
     lines += _protocols(tasks, cells)
@@ -352,8 +354,10 @@ def _verdict_section(judged, seeded: bool) -> list[str]:
     else:
         lines += ["Each claim is judged from the per-seed paired differences (CB seed k − baseline seed k): "
                   "**supported** or **contradicted** when the whole 95% t-interval across training seeds lies on "
-                  "one side of 0, otherwise **insufficient evidence**. These are statements about this recipe, "
-                  "these model sizes and this data, at the number of seeds shown.", ""]
+                  "one side of 0 and that still holds after Holm's correction for the number of claims this run "
+                  "judges (so that, if CB changed nothing, all of them would be right with probability at least "
+                  "95%), otherwise **insufficient evidence**. These are statements about this recipe, these model "
+                  "sizes and this data, at the number of seeds shown.", ""]
     return lines + [sentence(j) for j in judged] + [""]
 
 
