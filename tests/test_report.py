@@ -189,6 +189,27 @@ def test_verdicts_come_first_and_across_seeds(tmp_path):
     assert entropy.values == pytest.approx([-0.1, -0.1]) and entropy.verdict == "supported"
 
 
+def test_the_size_comparison_compares_sizes_not_cb_variants():
+    """The ablation has one size and many CB variants: "the smaller model gains more" must not compare two
+    variants of the same model as if they were sizes (it did, as the ablation's last claim)."""
+    from cbbench.report.claims import judge_claims
+    from cbbench.store import Cell
+
+    def judged_for(names):
+        specs = {m: MODELS.get(m).to_dict() for m in names}
+        cells = {(m, "clean"): Cell(m, m, specs[m], "clean", 1, {}, "digits", None, 0, "ok", None,
+                                    {"accuracy": 0.5 + 0.01 * len(m) + 0.003 * ("s1" in m) + 0.002 * ("cb_s1" in m)},
+                                    {}, None, 0.0)
+                 for m in names}
+        return [j.claim for j in judge_claims(cells, specs)]
+
+    seeds = ("", "_s1")
+    variants = [f"demo_vit{a}{s}" for a in ("", "_cb", "_cb_attn") for s in seeds]
+    assert not any("smaller model" in c for c in judged_for(variants))
+    sizes = [f"demo_vit{z}{a}{s}" for z in ("", "_small") for a in ("", "_cb") for s in seeds]
+    assert any("smaller model (depth 4, dim 64 vs depth 6, dim 96)" in c for c in judged_for(sizes))
+
+
 def test_a_claims_metric_is_worded_from_the_protocol_the_cells_were_run_with():
     """A suite file can run PGD with 20 steps at 2/255: the verdict must not say PGD-5."""
     from cbbench.report.claims import judge_claims

@@ -99,7 +99,7 @@ def p_value(values: list[float]) -> float:
     v = np.asarray(values, float)
     if len(v) < 2:
         return math.nan
-    if v.std(ddof=1) == 0:  # identical differences: the interval is one point
+    if v.std(ddof=1) <= 1e-12 * max(1.0, abs(v.mean())):  # identical differences (up to rounding): one point
         return 0.0 if v.mean() != 0 else 1.0
     return float(stats.ttest_1samp(v, 0.0).pvalue)
 
@@ -222,8 +222,8 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
                                      else "a model's metric is not a finite number"))
                 continue
             mean, std, low, high = t_interval(deltas)
-            if task == "clean":
-                gains[size] = deltas
+            if task == "clean" and not any(specs[pairs[0][0]].get(f) is not None for f in CB_VARIANT_FIELDS):
+                gains[size] = deltas  # model sizes with the paper's CB; a variant of one size is not a size
             judged.append(Judged(claim.text, size, label, deltas, claim.percent, *judge(low, high, claim.sign),
                                  mean=mean, std=std, low=low, high=high, p=p_value(deltas)))
         judged += _cost_claims(cells, pairs, size)
