@@ -138,14 +138,20 @@ def test_two_unpaired_baselines_and_missing_metrics(tmp_path):
 
 PAPER_MODELS = tuple((f"demo_vit{size}{cb}{seed}", {"arch": f"demo{size}", "cb": bool(cb), "seed": seed or 0,
                                                    **({"baseline": f"demo_vit{size}{seed}"} if cb else {})})
-                     for size in ("", "_small") for cb in ("", "_cb") for seed in ("", "_s1", "_s2"))
+                     for size in ("", "_small") for cb in ("", "_cb") for seed in ("", "_s1", "_s2", "_s3", "_s4"))
 
 
+ABLATION_MODELS = tuple((f"demo_vit{arm}{seed}", {"arch": "demo", "cb": bool(arm), "seed": seed or 0,
+                                                  **({"baseline": f"demo_vit{seed}"} if arm else {})})
+                        for arm in ("", "_cb", "_cb_attn", "_cb_both", "_cb_first2", "_cb_last2", "_cb_alpha025",
+                                    "_cb_alpha075", "_cb_scaled")
+                        for seed in ("", "_s1", "_s2", "_s3", "_s4"))
 PAIR = (("demo_vit", BASE), ("demo_vit_cb", CB))
 
 
-@pytest.mark.parametrize("models, sweep", [(PAIR, False), (PAPER_MODELS, False), (PAIR, True), (PAPER_MODELS, True)],
-                         ids=["pair", "paper-12-models", "pair-sweep", "paper-12-models-sweep"])
+@pytest.mark.parametrize("models, sweep", [(PAIR, False), (PAPER_MODELS, False), (PAIR, True), (PAPER_MODELS, True),
+                                           (ABLATION_MODELS, False)],
+                         ids=["pair", "paper-20-models", "pair-sweep", "paper-20-models-sweep", "ablation-45-models"])
 def test_legends_never_cover_or_clip_data(tmp_path, monkeypatch, models, sweep):
     """Every legend lies inside the figure (not clipped) and outside every axes' data area (covers nothing)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

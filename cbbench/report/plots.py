@@ -255,7 +255,8 @@ def plot_adversarial(cells, path) -> Path | None:
 
     panels = (1 if fixed else 0) + len(sweeps)
     widths = ([1.0 + 0.12 * len(fixed) * len(models)] if fixed else []) + [1.3] * len(sweeps)
-    fig = _new_figure(min(10.0, 3.0 + 2.4 * sum(widths)), 4.8 if panels == 1 else 5.0)
+    legend_rows = math.ceil((len(models) + 1) / 4) if len(models) > 8 else 0  # the legend below grows with them
+    fig = _new_figure(min(10.0, 3.0 + 2.4 * sum(widths)), (4.8 if panels == 1 else 5.0) + 0.24 * legend_rows)
     axes = fig.subplots(1, panels, squeeze=False, gridspec_kw={"width_ratios": widths})[0]
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -279,9 +280,10 @@ def plot_adversarial(cells, path) -> Path | None:
             look = {"facecolor": st.colour, "alpha": 0.55 if st.cb else 0.9, "hatch": "//" if st.cb else None,
                     "edgecolor": st.colour if st.cb else "white"}
             bars = ax.bar(xs, robust, width=width * 0.92, linewidth=0.8, **look)
-            ax.bar_label(bars, labels=[f"{r:.0f}" for r in robust], label_type="center", fontsize=8,
-                         bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none",
-                               "alpha": 0.85})
+            if len(models) <= 12:  # more bars than that leave no room for their numbers (the tables have them)
+                ax.bar_label(bars, labels=[f"{r:.0f}" for r in robust], label_type="center", fontsize=8,
+                             bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none",
+                                   "alpha": 0.85})
             ax.plot(xs, clean, linestyle="none", marker="D", markersize=6, color="black",
                     markerfacecolor="white", markeredgewidth=1.4, zorder=3)
             handles.append(Patch(label=st.label, **look))
@@ -343,7 +345,9 @@ def plot_attention_entropy(cells, path) -> Path | None:
         return None
     styles = _styles(cells)
     n_layers = max(max(layers) for layers, _ in curves.values()) + 1
-    fig = _new_figure(min(12.0, max(8.5, 5.5 + 0.35 * n_layers)), 4.6)  # room for the legend at the right
+    many = len(curves) > 12  # a legend at the right would be taller than the figure: below, in columns
+    legend_rows = math.ceil(len(curves) / 4) if many else 0
+    fig = _new_figure(11.0 if many else min(12.0, max(8.5, 5.5 + 0.35 * n_layers)), 4.6 + 0.24 * legend_rows)
     ax = fig.subplots()
     ax.axhline(1.0, color="black", linestyle=":", linewidth=1.2)
     ax.text(0.01, 1.0, "uniform attention (H/log N = 1)", transform=ax.get_yaxis_transform(),
@@ -358,7 +362,10 @@ def plot_attention_entropy(cells, path) -> Path | None:
     ax.set_xlabel("layer (transformer block index)")
     ax.set_ylabel("normalized entropy H / log N")
     ax.grid(True, alpha=0.3)
-    _legend_right(ax, fontsize=9, framealpha=0.9)
+    if many:
+        _legend_below(fig, ax.get_legend_handles_labels()[0], 4, fontsize=8.5)
+    else:
+        _legend_right(ax, fontsize=9, framealpha=0.9)
     ax.set_title(f"Attention entropy per layer{_dataset_note(ok.values())}\n"
                  "mean over images, heads and query rows; 1 = uniform, 0 = one-hot", fontsize=11)
     return _save(fig, path)
