@@ -372,7 +372,7 @@ def test_zoo_ablation_models_pair_with_their_same_seed_baseline():
                 "last2": dict(cb_layers="last-2"), "alpha025": dict(cb_alpha=0.25), "alpha075": dict(cb_alpha=0.75),
                 "scaled": dict(cb_scaled=True), "mlp": {}}
     for variant, names in DEMO_CB_ABLATION.items():
-        suffixes = ("", "_s1", "_s2")
+        suffixes = ("", "_s1", "_s2", "_s3", "_s4")
         assert names == tuple(f"demo_vit_cb{'' if variant == 'mlp' else '_' + variant}{s}" for s in suffixes)
         for seed, (name, suffix) in enumerate(zip(names, suffixes)):
             spec, base = MODELS.get(name), MODELS.get(f"demo_vit{suffix}")
