@@ -172,6 +172,8 @@ def test_bad_attack_parameters_are_refused():
         LinfAttackTask(attack="pgd", eps="8/255", steps=5, step_size="0.5/255")
     with pytest.raises(ValueError, match="PGD needs a step_size"):
         LinfAttackTask(attack="pgd", eps="1/255", steps=5)
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 'many'"):  # before it is used
+        LinfAttackTask(attack="pgd", eps="1/255", steps="many")
     LinfAttackTask(attack="pgd", eps="8/255", steps=5, step_size="1.6/255")  # exactly reaches it
     from cbbench.tasks.transfer_attack import TransferAttackTask
 

@@ -50,19 +50,24 @@ def validate_epsilon(eps) -> float:
     return parse_pixel_value(eps, "eps")
 
 
+def validate_steps(steps) -> int:
+    """An attack's number of steps as a task states it: a whole number >= 1 (not a bool)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    return steps
+
+
 def check_pgd_reach(eps, steps, step_size) -> None:
     """Refuse a PGD budget whose steps cannot carry an image to the edge of its ε-ball (steps x step size < ε).
 
     Such an attack is weaker than its label: the report would print "PGD ε=8/255" for an attack that moves
     at most 2.5/255 (what overriding ``eps`` in a suite file without ``step_size`` used to give).
     """
-    e = validate_epsilon(eps)
+    e, steps = validate_epsilon(eps), validate_steps(steps)
     if step_size is None:
-        raise ValueError(f"PGD needs a step_size, e.g. {2.5 * e * 255 / max(1, int(steps)):.3g}/255 for eps={eps} in "
+        raise ValueError(f"PGD needs a step_size, e.g. {2.5 * e * 255 / steps:.3g}/255 for eps={eps} in "
                          f"{steps} steps (2.5 x eps / steps, Madry et al.)")
     s = parse_pixel_value(step_size, "step_size")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
     if s <= 0 or steps * s < e * (1 - 1e-9):
         raise ValueError(
             f"PGD with eps={eps} cannot reach the edge of its ε-ball: {steps} steps of {step_size} move an image at "

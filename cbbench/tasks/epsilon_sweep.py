@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cbbench.attacks.epsilon import validate_epsilon
+from cbbench.attacks.epsilon import validate_epsilon, validate_steps
 from cbbench.tasks.adversarial import AttackTask
 from cbbench.tasks.base import Metric, TaskContext, TaskResult, attack_metrics, register_task, run_batches
 
@@ -76,8 +76,7 @@ class EpsilonSweepTask(AttackTask):
         if self.headline_eps not in self.epsilons:
             raise ValueError(f"headline_eps {self.headline_eps!r} is not one of the epsilons {list(self.epsilons)}")
         if self.attack == "pgd":
-            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-                raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+            validate_steps(self.steps)
             if isinstance(self.rel_step, bool) or not isinstance(self.rel_step, (int, float)) \
                     or not 0 < self.rel_step <= 1:
                 raise ValueError(f"rel_step must be a number in (0, 1] (the PGD step is rel_step * eps), "
