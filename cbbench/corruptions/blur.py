@@ -148,15 +148,11 @@ def _filter_blocks(n: int, sigma: float, mode: str, truncate: float, dtype: torc
 
 def _filter_rows(x: torch.Tensor, n: int, sigma: float, mode: str, truncate: float) -> torch.Tensor:
     """``M @ x`` along the rows (dim -2) with the (n, n) filter matrix M."""
-    if not _banded(x):
-        return torch.from_numpy(_filter_matrix(n, sigma, mode, truncate)).to(x.device, x.dtype) @ x
     return matmul_rows(*_filter_blocks(n, sigma, mode, truncate, x.dtype), x)
 
 
 def _filter_cols(x: torch.Tensor, n: int, sigma: float, mode: str, truncate: float) -> torch.Tensor:
     """``x @ M.T`` along the columns (dim -1) with the (n, n) filter matrix M."""
-    if not _banded(x):
-        return x @ torch.from_numpy(_filter_matrix(n, sigma, mode, truncate)).to(x.device, x.dtype).T
     return matmul_cols(x, *_filter_blocks(n, sigma, mode, truncate, x.dtype))
 
 
