@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "imagenet-sample"
+from imagenet_sample import SAMPLE
 
 
 def run_cli(args: list[str], results: Path) -> None:

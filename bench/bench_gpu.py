@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from imagenet_sample import SAMPLES
+from imagenet_sample import SAMPLE, SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
@@ -157,8 +157,8 @@ def main(argv=None) -> int:
         a.models, a.images, a.c_images, a.batch, a.corruptions = a.models[:1], 16, 8, 8, 2
         a.amp = a.amp if device.type == "cuda" else "off"
     a.c_cell = ("gaussian_noise", 3)
-    sample = next((s for s in SAMPLES if s.is_dir()), None)
-    if sample is None:
+    sample = SAMPLE
+    if not sample.is_dir():
         print(f"no ImageNet sample at {' or '.join(map(str, SAMPLES))} (shared/tools/gpu-prepare.sh copies it to "
               ".gpu-data/)", file=sys.stderr)
         return 2

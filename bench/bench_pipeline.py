@@ -46,8 +46,9 @@ from pathlib import Path
 
 import torch
 
+from imagenet_sample import SAMPLE
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "imagenet-sample"
 ARCH = "deit_tiny_patch16_224"
 
 
@@ -291,7 +292,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=4, help="interleaved repeats of (a)/(b)")
     ap.add_argument("--cb-repeats", type=int, default=21, help="interleaved repeats of (c)")
     ap.add_argument("--ranks", action="store_true", help="also (d): 1 process vs 2 torchrun ranks")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the ImageNet sample folder")
+    ap.add_argument("--data", type=Path, default=SAMPLE, help="the ImageNet sample folder")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = ap.parse_args(argv)
     if not args.data.is_dir():

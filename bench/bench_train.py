@@ -39,8 +39,9 @@ from pathlib import Path
 
 import torch
 
+from imagenet_sample import SAMPLE
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "imagenet-sample"
 
 
 def sync(device: torch.device) -> None:
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="images per timed step (even: mixup pairs)")
     ap.add_argument("--pairs", type=int, default=7, help="ABBA pairs per comparison")
     ap.add_argument("--data-images", type=int, default=96, help="images per timed pass of (c)")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the ImageNet sample folder")
+    ap.add_argument("--data", type=Path, default=SAMPLE, help="the ImageNet sample folder")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
