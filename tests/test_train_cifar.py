@@ -163,12 +163,15 @@ def test_missing_or_corrupt_root_names_the_expected_tree_and_the_fix(tmp_path, f
 def test_paper_cifar_suites_mirror_the_paper_suite():
     for n in (10, 100):
         suite = SUITES.get(f"paper_cifar{n}")
-        assert suite.dataset == f"cifar{n}" and suite.tasks == SUITES.get("paper").tasks and len(suite.models) == 12
+        paper = SUITES.get("paper")
+        assert suite.dataset == f"cifar{n}" and suite.tasks == paper.tasks
+        assert len(suite.models) == len(paper.models) == 20  # 5 training seeds per arm, as on the digits
         for name in suite.models:
             spec = MODELS.get(name)
             assert spec.dataset == suite.dataset and spec.recipe == f"cifar{n}_tiny"
             assert dict(spec.arch_kwargs)["num_classes"] == n and dict(spec.arch_kwargs)["patch_size"] == 4
-        assert sum(MODELS.get(m).cb for m in suite.models) == 6
+        assert sum(MODELS.get(m).cb for m in suite.models) == 10
+        assert sorted(MODELS.get(m).seed for m in suite.models) == sorted(MODELS.get(m).seed for m in paper.models)
 
 
 def test_cli_without_data_root_skips_cells_and_train_says_what_to_do(tmp_path, capsys):
