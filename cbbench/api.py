@@ -84,6 +84,13 @@ def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | No
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"model {name}: expected a torch.nn.Module, not {type(module).__name__}")
+    if isinstance(module, Normalized):  # cbbench.load_model's models normalize inside: not a second time
+        given = sorted({"mean", "std"} & set(preprocessing or {}))
+        if given:
+            raise ValueError(f"model {name} is a cbbench model that normalizes inside (cbbench.load_model); "
+                             f"preprocessing {given} would normalize it twice: leave them out, or pass its .net")
+        inside = {"mean": module.mean.flatten().tolist(), "std": module.std.flatten().tolist()}
+        preprocessing, module = {**(preprocessing or {}), **inside}, module.net
     mean, std, size = _preprocessing(preprocessing, dataset)
     cls = type(module)
     model = InMemoryModel(module, mean, std, size).eval().to(device)
@@ -160,9 +167,11 @@ def evaluate(model: nn.Module, baseline: nn.Module | None = None, *, suite: str 
              limit: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 128,
              preprocessing: dict | None = None, name: str = "model", baseline_name: str = "baseline",
              report_name: str | None = None, data_root: str | Path | None = None, force: bool = False,
-             log_samples: bool = False, verbose: bool = False) -> EvalResult:
+             log_samples: bool = False, verbose: bool = False, cb: bool | None = None) -> EvalResult:
     """Evaluate ``model`` (any torch module taking normalized images; cbbench feeds it [0,1] RGB through
-    ``preprocessing``) on a suite's tasks, and ``baseline`` beside it with paired differences.
+    ``preprocessing``; a ``cbbench.load_model`` model as it is) on a suite's tasks, and ``baseline`` beside
+    it with paired differences. cb: whether ``model`` is the CB side of the pair, whose claims the report
+    judges (default: whether it has cbbench's CB layers); any other change is compared, not judged as CB.
 
     suite: a suite name or a suite file (its dataset and tasks; default "robustness"). tasks: override them,
     as names or {"pgd": {"eps": "2/255"}}. dataset: override the suite's. preprocessing: {"mean", "std",
@@ -185,7 +194,11 @@ def evaluate(model: nn.Module, baseline: nn.Module | None = None, *, suite: str 
     if baseline is not None and name == baseline_name:
         raise ValueError(f"name and baseline_name are both {name!r}; give them different names")
     torch_device = pick_device(device)
-    prebuilt = {name: prepare(model, name, dataset, preprocessing, cb=baseline is not None,
+    if cb is None:
+        from cbbench.cb import has_context_broadcasting
+
+        cb = has_context_broadcasting(model)
+    prebuilt = {name: prepare(model, name, dataset, preprocessing, cb=bool(cb) and baseline is not None,
                               baseline=baseline_name if baseline is not None else None, device=torch_device)}
     if baseline is not None:
         prebuilt[baseline_name] = prepare(baseline, baseline_name, dataset, preprocessing, device=torch_device)

@@ -223,6 +223,10 @@ def read_suite_file(path: str | Path) -> Suite:
     names = [m if isinstance(m, str) else m.name for m in models]
     if len(set(names)) != len(names):
         raise SuiteFileError(f"{where}: models: {sorted({n for n in names if names.count(n) > 1})} listed twice")
+    for i, m in enumerate(models):
+        if not isinstance(m, str) and m.baseline is not None and (m.baseline not in names or m.baseline == m.name):
+            raise SuiteFileError(f"{where}: models[{i}]: baseline {m.baseline!r} must name another model of this "
+                                 f"suite ({', '.join(n for n in names if n != m.name)})")
     tasks = [task_from_entry(t, f"{where}: tasks[{i}]") for i, t in enumerate(data["tasks"])]
     seen = [t.name for t in tasks]
     if len(set(seen)) != len(seen):

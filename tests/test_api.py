@@ -54,6 +54,34 @@ def test_any_module_with_its_own_preprocessing(tmp_path):
     assert spec["arch"] == "python:torch.nn.modules.container.Sequential" and spec["mean"] == [0.1, 0.1, 0.1]
 
 
+def test_a_change_other_than_cb_is_compared_but_not_judged_as_cb(tmp_path):
+    """A layer-scale ViT against the plain one: paired differences, no "(CB)" label and no CB claim."""
+    result = cbbench.evaluate(tiny_vit(init_values=0.1), tiny_vit(), tasks=["clean"], limit=16, results=tmp_path,
+                              device="cpu", name="layerscale")
+    assert list(result.table.index) == ["baseline", "layerscale", "Δ layerscale − baseline"]
+    report = result.report_path.read_text()
+    assert "(CB)" not in report and "CB improves" not in report and "model fixes / breaks" in report
+    assert result.cells[("layerscale", "clean")].model_spec["cb"] is False
+    cb = cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=["clean"], limit=16, results=tmp_path, device="cpu")
+    assert "model (CB)" in cb.report_path.read_text()  # found from its CB layers
+    plain = cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=["clean"], limit=16, results=tmp_path,
+                             device="cpu", cb=False, report_name="told")
+    assert "(CB)" not in plain.report_path.read_text()
+
+
+def test_a_cbbench_model_is_not_normalized_twice(tmp_path):
+    from cbbench.api import prepare
+    from cbbench.models.build import Normalized
+
+    net = tiny_vit()
+    loaded = Normalized(net, (0.2, 0.3, 0.4), (0.5, 0.6, 0.7))  # what cbbench.load_model returns
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(prepare(loaded, "m", "digits")(x), loaded(x))
+    with pytest.raises(ValueError, match="normalizes inside.*twice.*pass its .net"):
+        prepare(loaded, "m", "digits", {"mean": (0.5,) * 3})
+
+
 def test_class_count_mismatch_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"predicts 5 classes but dataset digits has 10.*reset_classifier\(10\)"):
         cbbench.evaluate(tiny_vit(num_classes=5), tasks=["clean"], limit=4, results=tmp_path, device="cpu")

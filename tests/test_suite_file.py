@@ -101,6 +101,16 @@ def test_log_samples_writes_one_jsonl_per_cell(suite_run, capsys):
     assert code == 0 and (folder / "rand_vit__clean.jsonl").is_file() and "rand_vit__clean.jsonl" in out
 
 
+def test_a_model_that_is_not_cb_is_paired_with_the_baseline_it_names(tmp_path, capsys):
+    path = write(tmp_path, "dataset: digits\nmodels:\n  - {name: rand_vit, like: demo_vit, weights: random}\n"
+                           "  - {name: other_init, like: demo_vit, weights: random, seed: 1, baseline: rand_vit}\n"
+                           "tasks: [clean]\n")
+    code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"), "--limit", "16")
+    assert code == 0, err
+    report = (tmp_path / "r" / "my.md").read_text()
+    assert "other_init − rand_vit" in report and "model fixes / breaks" in report and "(CB)" not in report
+
+
 @pytest.mark.parametrize("text, message", [
     ("dataset: digits\nmodel: [demo_vit]\ntasks: [clean]\n", "unknown key 'model'. Did you mean 'models'?"),
     ("dataset: digits\ntasks: [clean]\n", "missing key 'models'"),
@@ -128,6 +138,8 @@ def test_log_samples_writes_one_jsonl_per_cell(suite_run, capsys):
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [{fgsm: {steps: 3}}]\n", "fgsm takes: eps"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [pgd, {pgd: {eps: 2/255}}]\n", "['pgd'] listed twice"),
     ("name: robustness\ndataset: digits\nmodels: [demo_vit]\ntasks: [clean]\n", "is a built-in suite"),
+    ("dataset: digits\nmodels: [demo_vit, {name: x, like: demo_vit, weights: random, baseline: demo_vti}]\n"
+     "tasks: [clean]\n", "models[1]: baseline 'demo_vti' must name another model of this suite (demo_vit)"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [clean\n", "is not valid YAML"),
 ])
 def test_invalid_suite_files_exit_2_naming_file_key_and_fix(tmp_path, capsys, text, message):

@@ -198,7 +198,7 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
     sizes: dict[str, list[tuple[str, str]]] = {}  # model size and CB variant -> [(cb model, its baseline)]
     for m, spec in specs.items():
         base = pair_of(spec, specs)
-        if base is not None:
+        if base is not None and spec.get("cb"):  # the claims are CB's; other changes only get paired differences
             key = {k: spec.get(k) for k in ("arch", "arch_kwargs", *CB_VARIANT_FIELDS)}
             sizes.setdefault(json.dumps(key, sort_keys=True, default=list), []).append((m, base))
     tasks = {t for _, t in cells}

@@ -24,7 +24,18 @@ from cbbench.tasks.base import KINDS
 
 # What `cbbench run` and `cbbench report` write per suite; html is one self-contained page (plots inline).
 REPORT_FORMATS = ("md", "csv", "json", "html")
-PAIRED_COLUMNS = ("comparison", "task", "metric", "n", "Δ [95% CI]", "CB fixes / breaks", "McNemar p")
+PAIRED_COLUMNS = ("comparison", "task", "metric", "n", "Δ [95% CI]", "fixes / breaks", "McNemar p")
+
+
+def compared_side(models: list[str], specs: dict) -> str:
+    """What the report calls the compared side of its pairs: "CB" when every pair is a CB twin and its baseline,
+    else "model" (a suite may pair any change with a named baseline; only CB pairs have CB claims)."""
+    paired = [m for m in models if pair_of(specs[m], specs) is not None]
+    return "CB" if all(specs[m].get("cb") for m in paired) else "model"
+
+
+def _paired_header(column: str, side: str) -> str:
+    return f"{side} {column}" if column == "fixes / breaks" else column
 
 
 def tone(low: float, high: float, higher_is_better: bool | None) -> str:
@@ -98,7 +109,7 @@ def per_sample(cell: Cell) -> np.ndarray | None:
 
 
 def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: dict, tasks: list[str]) -> list[dict]:
-    rows = []
+    rows, side = [], compared_side(models, specs)
     for model in models:
         base = pair_of(specs[model], specs)
         if base is None:
@@ -117,12 +128,13 @@ def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: di
             row["Δ [95% CI]"] = col.fmt_delta(delta, low, high)
             row["_delta"], row["_low"], row["_high"] = delta, low, high
             row["_tones"] = {"Δ [95% CI]": tone(low, high, col.higher_is_better)}
+            fixes = _paired_header("fixes / breaks", side)
             if xa.dtype == bool:
                 n01, n10, p = mcnemar_exact(xa, xb)
-                row["CB fixes / breaks"] = f"{n01} / {n10}"
+                row[fixes] = f"{n01} / {n10}"
                 row["McNemar p"] = f"{p:.3g}"
             else:
-                row["CB fixes / breaks"], row["McNemar p"] = "n/a", "n/a"
+                row[fixes], row["McNemar p"] = "n/a", "n/a"
             rows.append(row)
     return rows
 
@@ -161,8 +173,9 @@ def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], pair
                                _mean_std(col, [c.metrics.get(col.key) for c in ok]))
         rows.append(row)
         bases = [pair_of(specs[m], specs) for m in members]
-        if cb and all(bases):
-            drow = {"arm": "Δ CB − baseline [95% t-interval across seeds]", "seeds": f"{len(members)} pairs"}
+        if all(bases):
+            drow = {"arm": f"Δ {'CB' if cb else 'model'} − baseline [95% t-interval across seeds]",
+                    "seeds": f"{len(members)} pairs"}
             for col in columns:
                 deltas = [delta_by[(f"{m} − {b}", col.task)] for m, b in zip(members, bases)
                           if (f"{m} − {b}", col.task) in delta_by]
@@ -235,7 +248,7 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
     specs = {m: next(c.model_spec for (mm, _), c in cells.items() if mm == m) for m in models}
     columns = [_column(t) for t in tasks]
 
-    # Order: each baseline followed by its CB twins.
+    # Order: each baseline followed by its CB twins (and other models compared with it).
     ordered = []
     for m in models:
         if pair_of(specs[m], specs) is None and m not in ordered:
@@ -288,25 +301,30 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
     lines += [f"> {note}" for note in run_notes] + ([""] if run_notes else [])
     lines += _verdict_section(judged, seeded)
     seeds = seed_rows(cells, ordered, specs, columns, paired) if seeded else []
+    side = compared_side(ordered, specs)
     if seeds:
         lines += ["## Leaderboard across training seeds", "",
                   "Each arm: mean ± sample standard deviation over its training seeds. Δ: the mean of the per-seed "
-                  "paired differences (CB seed k − baseline seed k on the same images) with a 95% Student-t interval "
-                  "across seeds, the interval the verdicts use.", "",
+                  f"paired differences ({side} seed k − baseline seed k on the same images) with a 95% Student-t "
+                  "interval across seeds, the interval the verdicts use.", "",
                   Table(seeds), ""]
-    within = ("Δ rows: CB minus its baseline on the same images, 95% paired bootstrap interval (2,000 resamples "
+    who = "CB" if side == "CB" else "each compared model (CB, or another change with a named baseline)"
+    within = (f"Δ rows: {who} minus its baseline on the same images, 95% paired bootstrap interval (2,000 resamples "
               "of the images). Such an interval covers the sampling of test images within one training-seed "
               "pair only, not training randomness: another seed, or the same seed trained on another CPU, can "
               "move the difference by more than its width.")
     lines += ["## Per training seed" if seeds else "## Leaderboard", "", within, "",
               Table(table), ""]
     if paired:
-        lines += ["## CB vs baseline within one seed pair, paired over images", "",
-                  "\"CB fixes / breaks\": images the baseline gets wrong and CB right / the reverse; "
+        fixes = _paired_header("fixes / breaks", side)
+        lines += [f"## {side} vs baseline within one seed pair, paired over images", "",
+                  f"\"{fixes}\": images the baseline gets wrong and {'CB' if side == 'CB' else 'the model'} right / "
+                  "the reverse; "
                   "McNemar's exact test on those discordant images. n/a where the per-image outcome is not "
                   "right/wrong (corruption accuracy averaged over cells, attention entropy). Like the bootstrap "
                   "intervals, these tests treat the two trained models as fixed.", "",
-                  Table([{k: r[k] for k in (*PAIRED_COLUMNS, "_tones")} for r in paired]), ""]
+                  Table([{k: r[k] for k in (*(_paired_header(c, side) for c in PAIRED_COLUMNS), "_tones")}
+                         for r in paired]), ""]
     if plot_dir is not None:
         from cbbench.report.plots import make_plots
 

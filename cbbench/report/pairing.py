@@ -1,13 +1,15 @@
-"""Which baseline a CB model is compared with (no heavy imports: plots and tables share it)."""
+"""Which baseline a model is compared with (no heavy imports: plots and tables share it)."""
 from __future__ import annotations
 
 
 def pair_of(spec: dict, specs: dict[str, dict]) -> str | None:
-    """The baseline of a CB model: its named baseline, else the one non-CB model of the same network."""
+    """The baseline a model is compared with: its named baseline (a CB twin's, or any other change's, such as
+    another architecture), else, for a CB model, the one non-CB model of the same network. Only CB pairs have
+    their claims judged (report/claims.py); every pair gets paired differences."""
+    if spec.get("baseline") in specs and spec["baseline"] != spec.get("name"):
+        return spec["baseline"]
     if not spec.get("cb"):
         return None
-    if spec.get("baseline") in specs:
-        return spec["baseline"]
     same = [n for n, s in specs.items() if not s.get("cb") and s.get("arch") == spec.get("arch")
             and s.get("arch_kwargs") == spec.get("arch_kwargs")]
     return same[0] if len(same) == 1 else None

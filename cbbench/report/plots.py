@@ -39,12 +39,13 @@ _GOOD, _BAD, _NEUTRAL = "#1a9850", "#d73027", "#808080"
 class _Style:
     colour: str
     linestyle: str
-    cb: bool
+    variant: bool  # drawn as the compared side of a pair (dashed, squares, hatched)
     label: str
 
 
 def _styles(cells) -> dict[str, _Style]:
-    """Model name -> style, in order of first appearance; a CB model shares its baseline's colour."""
+    """Model name -> style, in order of first appearance; a CB model (or other variant) shares its baseline's
+    colour."""
     specs: dict[str, dict] = {}
     for c in cells:
         specs.setdefault(c.model, c.model_spec or {})
@@ -55,8 +56,9 @@ def _styles(cells) -> dict[str, _Style]:
         group = base if base is not None else model
         if group not in colour_of:
             colour_of[group] = _PAIR_COLOURS[len(colour_of) % len(_PAIR_COLOURS)]
-        cb = bool(spec.get("cb"))
-        styles[model] = _Style(colour_of[group], "--" if cb else "-", cb, f"{model} (CB)" if cb else model)
+        variant = base is not None or bool(spec.get("cb"))  # the compared side: CB, or another change
+        label = f"{model} (CB)" if spec.get("cb") else model
+        styles[model] = _Style(colour_of[group], "--" if variant else "-", variant, label)
     return styles
 
 
@@ -164,7 +166,7 @@ def plot_corruption_severity(cells, path) -> Path | None:
                 st = styles[model]
                 if detailed:
                     ax.plot(severities, curve(cell, corruption), color=colour, linestyle=st.linestyle,
-                            marker="o" if not st.cb else "s", markersize=4, linewidth=1.6,
+                            marker="o" if not st.variant else "s", markersize=4, linewidth=1.6,
                             label=corruption.replace("_", " ") if model == next(iter(ok)) else None)
                 else:
                     ax.plot(severities, curve(cell, corruption), color=st.colour, linestyle=st.linestyle,
@@ -176,7 +178,7 @@ def plot_corruption_severity(cells, path) -> Path | None:
                     warnings.simplefilter("ignore", RuntimeWarning)
                     mean = np.nanmean([curve(cell, c) for c in names], axis=0)
                 ax.plot(severities, mean, color=st.colour, linestyle=st.linestyle, linewidth=2.4,
-                        marker="s" if st.cb else "o", markersize=4)
+                        marker="s" if st.variant else "o", markersize=4)
         ax.set_title(f"{family} ({len(names)} corruption{'s' if len(names) > 1 else ''})", fontsize=11)
         ax.set_ylim(0, 103)
         ax.set_yticks(range(0, 101, 20))
@@ -196,11 +198,11 @@ def plot_corruption_severity(cells, path) -> Path | None:
 
     if detailed:
         handles = [Line2D([], [], color="#333333", linestyle=styles[m].linestyle,
-                          marker="s" if styles[m].cb else "o", markersize=4, label=styles[m].label) for m in ok]
+                          marker="s" if styles[m].variant else "o", markersize=4, label=styles[m].label) for m in ok]
         how = "colour = corruption, line style = model"
     else:
         handles = [Line2D([], [], color=styles[m].colour, linestyle=styles[m].linestyle, linewidth=2.4,
-                          marker="s" if styles[m].cb else "o", markersize=4, label=styles[m].label) for m in ok]
+                          marker="s" if styles[m].variant else "o", markersize=4, label=styles[m].label) for m in ok]
         how = "thick = family mean, faint = single corruptions"
     _legend_below(fig, handles, min(len(handles), 4), fontsize=9, title=how, title_fontsize=9)
     fig.suptitle(f"Common corruptions{_dataset_note(ok.values())}: accuracy vs severity", fontsize=13)
@@ -277,8 +279,8 @@ def plot_adversarial(cells, path) -> Path | None:
                 clean.append(_pct(cell.metrics.get("clean_accuracy")))
             if not xs:
                 continue
-            look = {"facecolor": st.colour, "alpha": 0.55 if st.cb else 0.9, "hatch": "//" if st.cb else None,
-                    "edgecolor": st.colour if st.cb else "white"}
+            look = {"facecolor": st.colour, "alpha": 0.55 if st.variant else 0.9, "hatch": "//" if st.variant else None,
+                    "edgecolor": st.colour if st.variant else "white"}
             bars = ax.bar(xs, robust, width=width * 0.92, linewidth=0.8, **look)
             if len(models) <= 12:  # more bars than that leave no room for their numbers (the tables have them)
                 ax.bar_label(bars, labels=[f"{r:.0f}" for r in robust], label_type="center", fontsize=8,
@@ -311,7 +313,7 @@ def plot_adversarial(cells, path) -> Path | None:
             st = styles[model]
             all_eps.update(255 * e for e, _ in points)
             ax.plot([255 * e for e, _ in points], [_pct(a) for _, a in points], color=st.colour,
-                    linestyle=st.linestyle, marker="s" if st.cb else "o", markersize=5, linewidth=1.8,
+                    linestyle=st.linestyle, marker="s" if st.variant else "o", markersize=5, linewidth=1.8,
                     label=st.label)
         positive = [e for e in all_eps if e > 0]
         if positive and max(positive) / min(positive) > 16:
@@ -354,7 +356,7 @@ def plot_attention_entropy(cells, path) -> Path | None:
             va="bottom", ha="left", fontsize=8)
     for model, (layers, values) in curves.items():
         st = styles[model]
-        ax.plot(layers, values, color=st.colour, linestyle=st.linestyle, marker="s" if st.cb else "o",
+        ax.plot(layers, values, color=st.colour, linestyle=st.linestyle, marker="s" if st.variant else "o",
                 markersize=5, linewidth=1.8, label=st.label)
     ax.set_ylim(0, 1.08)
     ax.set_xlim(-0.4, n_layers - 0.6)
