@@ -3,9 +3,9 @@
 A researcher's model lives in a notebook, not in the zoo. It enters the runner as a
 "prebuilt" model: wrapped to take [0,1] images (normalization, and resizing when
 its input size differs from the dataset's, happen inside, as for zoo models, so
-attack epsilons stay in pixels), and identified in the cell key by its class, its
-preprocessing and a digest of its state_dict, so a cached cell is reused only for
-the same weights and a changed weight gives new cells.
+attack epsilons stay in pixels), and identified in the cell key by its class, whether
+it has CB layers, its preprocessing and a digest of its state_dict, so a cached cell is
+reused only for the same weights and a changed weight gives new cells.
 """
 from __future__ import annotations
 
@@ -94,7 +94,11 @@ def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | No
     mean, std, size = _preprocessing(preprocessing, dataset)
     cls = type(module)
     model = InMemoryModel(module, mean, std, size).eval().to(device)
-    model.spec = ModelSpec(name=name, arch=f"python:{cls.__module__}.{cls.__qualname__}",
+    from cbbench.cb import has_context_broadcasting
+
+    # CB layers have no weights by default: the class and the weights alone would not tell a CB twin apart
+    arch = f"python:{cls.__module__}.{cls.__qualname__}" + ("+cb" if has_context_broadcasting(module) else "")
+    model.spec = ModelSpec(name=name, arch=arch,
                            arch_kwargs=(("input_size", size),) if size else (), cb=cb, baseline=baseline,
                            weights="memory", dataset=dataset, mean=mean, std=std,
                            description="a module passed to cbbench.evaluate")
@@ -202,6 +206,10 @@ def evaluate(model: nn.Module, baseline: nn.Module | None = None, *, suite: str 
                               baseline=baseline_name if baseline is not None else None, device=torch_device)}
     if baseline is not None:
         prebuilt[baseline_name] = prepare(baseline, baseline_name, dataset, preprocessing, device=torch_device)
+        a, b = prebuilt[name], prebuilt[baseline_name]
+        if a.weights_digest == b.weights_digest and a.spec.identity() == b.spec.identity():
+            raise ValueError(f"{name} and {baseline_name} are the same network with the same weights: they would share "
+                             "every cell; pass a baseline with its own weights")
     try:
         data = load_dataset(dataset, resolve_data_root(data_root))
     except DatasetMissingError:
@@ -251,6 +259,7 @@ def _tables(summary: pd.DataFrame, paired: list[dict], cells: dict) -> tuple[pd.
             rows.append({"model": f"Δ {comparison}",
                          **{p["task"]: p["_delta"] for p in paired if p["comparison"] == comparison}})
     pairs = pd.DataFrame([{"comparison": p["comparison"], "task": p["task"], "n": p["n"], "delta": p["_delta"],
-                           "ci_low": p["_low"], "ci_high": p["_high"], "mcnemar_p": p.get("McNemar p")}
+                           "ci_low": p["_low"], "ci_high": p["_high"],
+                           "mcnemar_p": float(p["McNemar p"]) if p.get("McNemar p", "n/a") != "n/a" else float("nan")}
                           for p in paired])
     return pd.DataFrame(rows).set_index("model"), pairs

@@ -165,6 +165,7 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 raise FileNotFoundError(f"model {spec.name}: checkpoint {spec.checkpoint} not found; pass an existing "
                                         "file (timm:ARCH[+cb]@/path/to/checkpoint.pth)")
             check_file(spec.checkpoint)
+    _check_distinct(specs)
     tasks = [task_from_entry(t) for t in (config.tasks or suite.tasks)]  # "pgd" or {"pgd": {"eps": "2/255"}}
     every_s = stream_every_s()
     checkpoint_dir(config.checkpoints)  # a file in its place: bad input, before any work
@@ -174,6 +175,21 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
     with distributed.process_group(device.type):
         return _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gpu, data_root, say,
                           progress, prebuilt)
+
+
+def _check_distinct(specs) -> None:
+    """Two names for one network with the same weights share every cell (a cell's key leaves the name out), so
+    the report would show one of them: bad input, before any work. Modules from Python differ by their weights'
+    digest, which the runner checks when it has them."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.weights == "memory":
+            continue
+        first = seen.setdefault(spec.identity(), spec.name)
+        if first != spec.name:
+            what = f"checkpoint {spec.checkpoint}" if spec.checkpoint else f"{spec.weights} weights, seed {spec.seed}"
+            raise ValueError(f"models {first} and {spec.name} are the same network with the same weights ({what}); "
+                             "a run compares different models: list one of them, or give the other its own weights")
 
 
 def _run_cells(config, suite, specs, tasks, every_s, pipeline, device, decode_gpu, data_root, say, progress,

@@ -355,6 +355,8 @@ class Store:
             cell = self.get(key)
             if cell is None:
                 continue
+            if cell.model != model:  # stored by a run that named the same network and weights otherwise
+                cell.model, cell.model_spec = model, {**(cell.model_spec or {}), "name": model}
             failed_here = status is not None and status not in USED
             if cell.status == "ok" and failed_here:
                 cell.note = f"this run's attempt {status}: {reason}; shown: the finished cell stored before"

@@ -177,9 +177,8 @@ def train_missing(specs: Iterable[ModelSpec], checkpoint_dir: str | Path | None 
         return
     workers = min(len(todo), os.cpu_count() or 1) if device.type == "cpu" else 1
     epochs = sum(RECIPES.get(s.recipe).epochs for s in todo)
-    say(f"training {len(todo)} model(s) on first use ({epochs} epochs in all, {workers} at a time on {device}; "
-        f"about {math.ceil(len(todo) / workers) * 0.5:.0f} min on a 2-core machine); checkpoints go to "
-        f"{checkpoint_path(todo[0], checkpoint_dir).parent}")
+    say(f"training {len(todo)} model(s) on first use ({epochs} epochs in all, {workers} at a time on {device}); "
+        f"checkpoints go to {checkpoint_path(todo[0], checkpoint_dir).parent}")
     bar = progress(total=epochs, desc="training", unit="epoch") if progress else None
     try:
         if workers == 1:

@@ -21,7 +21,7 @@ def test_evaluate_pairs_a_model_with_its_baseline_and_reuses_the_store(tmp_path)
     assert list(table.columns) == ["clean", "pgd"]
     assert table.loc["Δ model − baseline", "clean"] == pytest.approx(
         table.loc["model", "clean"] - table.loc["baseline", "clean"])
-    assert set(result.paired["task"]) == {"clean", "pgd"}
+    assert set(result.paired["task"]) == {"clean", "pgd"} and result.paired["mcnemar_p"].dtype == float
     assert result.report_path == tmp_path / "robustness_model.md" and result.report_path.is_file()
     assert "model (CB)" in result.report_path.read_text()
     cell = result.cells[("model", "pgd")]
@@ -67,6 +67,28 @@ def test_a_change_other_than_cb_is_compared_but_not_judged_as_cb(tmp_path):
     plain = cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=["clean"], limit=16, results=tmp_path,
                              device="cpu", cb=False, report_name="told")
     assert "(CB)" not in plain.report_path.read_text()
+
+
+def test_one_model_twice_is_refused_before_any_work(tmp_path, capsys):
+    from tests.conftest import run_cli
+
+    net = tiny_vit()
+    with pytest.raises(ValueError, match="model and baseline are the same network with the same weights"):
+        cbbench.evaluate(net, net, tasks=["clean"], limit=4, results=tmp_path, device="cpu")
+    suite = tmp_path / "twice.yaml"
+    suite.write_text("dataset: digits\nmodels:\n  - {name: a, like: demo_vit, weights: random}\n"
+                     "  - {name: b, like: demo_vit, weights: random, baseline: a}\ntasks: [clean]\n")
+    code, _, err = run_cli(capsys, "run", "--suite", str(suite), "--results", str(tmp_path / "r"))
+    assert code == 2 and "models a and b are the same network with the same weights (random weights, seed 0)" in err
+    assert not (tmp_path / "cbbench.sqlite").exists() and not (tmp_path / "r" / "cbbench.sqlite").exists()
+
+
+def test_cells_reused_under_another_name_show_this_run_s_name(tmp_path):
+    net = tiny_vit()
+    cbbench.evaluate(net, tasks=["clean"], limit=8, results=tmp_path, device="cpu", name="first")
+    again = cbbench.evaluate(net, tasks=["clean"], limit=8, results=tmp_path, device="cpu", name="second")
+    assert {o.status for o in again.outcomes} == {"cached"} and list(again.table.index) == ["second"]
+    assert "| second " in again.report_path.read_text()
 
 
 def test_a_cbbench_model_is_not_normalized_twice(tmp_path):
