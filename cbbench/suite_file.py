@@ -28,7 +28,7 @@ FGSM_IGNORES = {"steps", "step_size", "random_start", "rel_step"}
 AT_LEAST_ONE = {"steps", "repeats", "n", "epochs", "batch_size", "max_iter", "train_per_class"}
 PIXEL_FIELDS = {"eps", "step_size", "headline_eps", "epsilons"}
 ALIASES = {"names": "corruptions"}  # {corruptions_torch: {names: [fog]}} reads naturally
-MODEL_KEYS = ("name", "like", "checkpoint", "cb", "baseline", "seed", "weights")
+MODEL_KEYS = ("name", "like", "checkpoint", "cb", "baseline", "seed", "weights", "arch", "arch_kwargs")
 
 
 class SuiteFileError(ValueError):
@@ -285,6 +285,25 @@ def _model_entry(entry, where: str, base: Path):
         ckpt = Path(str(entry.get("checkpoint", ""))).expanduser()
         ckpt = ckpt if ckpt.is_absolute() else base / ckpt
         changes["checkpoint"] = str(ckpt)
+    if "arch" in entry:
+        if not isinstance(entry["arch"], str) or not entry["arch"]:
+            raise SuiteFileError(f"{where}: arch must be a timm architecture name, not {entry['arch']!r}")
+        changes["arch"] = entry["arch"]
+    if "arch_kwargs" in entry:  # your change to the network, e.g. {init_values: 0.1} (timm's layer scale)
+        extra = entry["arch_kwargs"]
+        if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+            raise SuiteFileError(f"{where}: arch_kwargs must be a mapping of timm.create_model keyword arguments, "
+                                 f"e.g. {{init_values: 0.1}}, not {extra!r}")
+        for k, v in extra.items():
+            if not isinstance(v, (str, int, float, bool, list, type(None))):
+                raise SuiteFileError(f"{where}: arch_kwargs.{k}: expected a number, string, true/false or list, "
+                                     f"not {v!r}")
+        merged = {**dict(like.arch_kwargs), **{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()}}
+        changes["arch_kwargs"] = tuple(sorted(merged.items()))
+    if "arch" in entry or "arch_kwargs" in entry:
+        changed = ", ".join(f"{k}={v}" for k, v in (entry.get("arch_kwargs") or {}).items())
+        changes["description"] = (f"{changes.get('arch', like.arch)}{f' ({changed})' if changed else ''}, "
+                                  f"otherwise like {like.name}, from a suite file")
     for key, kind in (("cb", bool), ("seed", int), ("baseline", str)):
         if key in entry:
             if not isinstance(entry[key], kind) or (kind is int and isinstance(entry[key], bool)):

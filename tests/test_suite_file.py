@@ -111,6 +111,20 @@ def test_a_model_that_is_not_cb_is_paired_with_the_baseline_it_names(tmp_path, c
     assert "other_init − rand_vit" in report and "model fixes / breaks" in report and "(CB)" not in report
 
 
+def test_a_network_change_from_a_suite_file_is_built_and_paired(tmp_path, capsys):
+    path = write(tmp_path, "dataset: digits\nmodels:\n  - {name: base, like: demo_vit, weights: random}\n"
+                           "  - {name: ls, like: demo_vit, weights: random, arch_kwargs: {init_values: 0.1}, "
+                           "baseline: base}\ntasks: [clean]\n")
+    spec = read_suite_file(path).models[1]
+    assert dict(spec.arch_kwargs)["init_values"] == 0.1 and dict(spec.arch_kwargs)["depth"] == 4  # like's, plus yours
+    code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"), "--limit", "8")
+    assert code == 0, err
+    assert "ls − base" in (tmp_path / "r" / "my.md").read_text()
+    path.write_text(path.read_text().replace("init_values", "init_valuez"))
+    code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"), "--limit", "8")
+    assert code == 2 and "unexpected keyword argument 'init_valuez'; fix its arch_kwargs" in err
+
+
 @pytest.mark.parametrize("text, message", [
     ("dataset: digits\nmodel: [demo_vit]\ntasks: [clean]\n", "unknown key 'model'. Did you mean 'models'?"),
     ("dataset: digits\ntasks: [clean]\n", "missing key 'models'"),
@@ -138,6 +152,8 @@ def test_a_model_that_is_not_cb_is_paired_with_the_baseline_it_names(tmp_path, c
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [{fgsm: {steps: 3}}]\n", "fgsm takes: eps"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [pgd, {pgd: {eps: 2/255}}]\n", "['pgd'] listed twice"),
     ("name: robustness\ndataset: digits\nmodels: [demo_vit]\ntasks: [clean]\n", "is a built-in suite"),
+    ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, arch_kwargs: [1]}]\ntasks: [clean]\n",
+     "arch_kwargs must be a mapping of timm.create_model keyword arguments"),
     ("dataset: digits\nmodels: [demo_vit, {name: x, like: demo_vit, weights: random, baseline: demo_vti}]\n"
      "tasks: [clean]\n", "models[1]: baseline 'demo_vti' must name another model of this suite (demo_vit)"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [clean\n", "is not valid YAML"),

@@ -44,6 +44,9 @@ def build_network(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
             if "Unknown model" in str(exc):
                 raise ValueError(f"model {spec.name}: timm has no architecture {spec.arch!r}") from exc
             raise
+        except TypeError as exc:  # e.g. a suite file's arch_kwargs naming an argument timm does not take
+            raise ValueError(f"model {spec.name}: timm.create_model({spec.arch!r}, **{dict(spec.arch_kwargs)}) "
+                             f"failed: {exc}; fix its arch_kwargs") from exc
     if spec.cb:
         add_context_broadcasting(net, spec.cb_layers, position=spec.cb_position, alpha=spec.cb_alpha,
                                  scaled=spec.cb_scaled)
