@@ -276,10 +276,17 @@ def _model_entry(entry, where: str, base: Path):
         raise SuiteFileError(f"{where}: like: {MODELS.unknown_message(entry['like'])}")
     like = MODELS.get(entry["like"])
     weights = entry.get("weights", "file" if "checkpoint" in entry else None)
-    if weights not in ("file", "random"):
-        raise SuiteFileError(f"{where}: give checkpoint: PATH (your weights) or weights: random (a seeded, "
-                             f"untrained network for smoke tests), not weights={entry.get('weights')!r}")
-    changes: dict[str, Any] = {"name": entry["name"], "weights": weights, "recipe": None, "sha256": None,
+    if weights not in ("file", "random", "train"):
+        raise SuiteFileError(f"{where}: give checkpoint: PATH (your weights), weights: train (trained by cbbench "
+                             "with the recipe of like, e.g. for several seeds of your change) or weights: random "
+                             f"(a seeded, untrained network for smoke tests), not weights={entry.get('weights')!r}")
+    if "checkpoint" in entry and weights != "file":
+        raise SuiteFileError(f"{where}: checkpoint given with weights: {weights}; keep one of them")
+    if weights == "train" and like.recipe is None:
+        raise SuiteFileError(f"{where}: weights: train needs a like model that cbbench trains (a recipe); "
+                             f"{like.name} has none: give checkpoint: PATH")
+    changes: dict[str, Any] = {"name": entry["name"], "weights": weights, "sha256": None,
+                               "recipe": like.recipe if weights == "train" else None,
                                "checkpoint": None, "description": f"{like.arch} like {like.name}, from a suite file"}
     if weights == "file":
         ckpt = Path(str(entry.get("checkpoint", ""))).expanduser()

@@ -117,6 +117,15 @@ def test_a_network_change_from_a_suite_file_is_built_and_paired(tmp_path, capsys
                            "baseline: base}\ntasks: [clean]\n")
     spec = read_suite_file(path).models[1]
     assert dict(spec.arch_kwargs)["init_values"] == 0.1 and dict(spec.arch_kwargs)["depth"] == 4  # like's, plus yours
+    trained = read_suite_file(write(tmp_path, path.read_text().replace("ls, like: demo_vit, weights: random",
+                                                                       "ls, like: demo_vit, weights: train"),
+                                    "trained.yaml")).models[1]
+    from cbbench.models.zoo import MODELS
+    from cbbench.train import checkpoint_path
+
+    # trained by cbbench with demo_vit's recipe on first use, into a checkpoint of its own
+    assert trained.weights == "train" and trained.recipe == MODELS.get("demo_vit").recipe
+    assert checkpoint_path(trained, tmp_path) != checkpoint_path(MODELS.get("demo_vit"), tmp_path)
     code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"), "--limit", "8")
     assert code == 0, err
     assert "ls − base" in (tmp_path / "r" / "my.md").read_text()
@@ -152,6 +161,10 @@ def test_a_network_change_from_a_suite_file_is_built_and_paired(tmp_path, capsys
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [{fgsm: {steps: 3}}]\n", "fgsm takes: eps"),
     ("dataset: digits\nmodels: [demo_vit]\ntasks: [pgd, {pgd: {eps: 2/255}}]\n", "['pgd'] listed twice"),
     ("name: robustness\ndataset: digits\nmodels: [demo_vit]\ntasks: [clean]\n", "is a built-in suite"),
+    ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, checkpoint: a.pth}]\ntasks: [clean]\n",
+     "checkpoint given with weights: random; keep one of them"),
+    ("dataset: digits\nmodels: [{name: x, like: deit_tiny, weights: train}]\ntasks: [clean]\n",
+     "weights: train needs a like model that cbbench trains (a recipe); deit_tiny has none"),
     ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, arch_kwargs: [1]}]\ntasks: [clean]\n",
      "arch_kwargs must be a mapping of timm.create_model keyword arguments"),
     ("dataset: digits\nmodels: [demo_vit, {name: x, like: demo_vit, weights: random, baseline: demo_vti}]\n"
