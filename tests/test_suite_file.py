@@ -34,6 +34,11 @@ def write(tmp_path, text: str, name: str = "my.yaml") -> Path:
     return path
 
 
+def test_every_example_suite_file_parses():
+    for path in EXAMPLE.parent.glob("*.yaml"):
+        assert read_suite_file(path).models, path
+
+
 def test_example_suite_file_parses_with_its_parameters():
     suite = read_suite_file(EXAMPLE)
     assert suite.name == "my_suite" and suite.dataset == "digits" and suite.models == ("demo_vit", "demo_vit_cb")

@@ -317,7 +317,7 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
               Table(table), ""]
     if paired:
         fixes = _paired_header("fixes / breaks", side)
-        lines += [f"## {side} vs baseline within one seed pair, paired over images", "",
+        lines += [f"## {side[0].upper()}{side[1:]} vs baseline within one seed pair, paired over images", "",
                   f"\"{fixes}\": images the baseline gets wrong and {'CB' if side == 'CB' else 'the model'} right / "
                   "the reverse; "
                   "McNemar's exact test on those discordant images. n/a where the per-image outcome is not "
