@@ -306,7 +306,7 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
         lines += ["## Leaderboard across training seeds", "",
                   "Each arm: mean ± sample standard deviation over its training seeds. Δ: the mean of the per-seed "
                   f"paired differences ({side} seed k − baseline seed k on the same images) with a 95% Student-t "
-                  "interval across seeds, the interval the verdicts use.", "",
+                  "interval across seeds" + (", the interval the verdicts use." if side == "CB" else "."), "",
                   Table(seeds), ""]
     who = "CB" if side == "CB" else "each compared model (CB, or another change with a named baseline)"
     within = (f"Δ rows: {who} minus its baseline on the same images, 95% paired bootstrap interval (2,000 resamples "
