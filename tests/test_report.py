@@ -226,3 +226,43 @@ def test_a_claims_metric_is_worded_from_the_protocol_the_cells_were_run_with():
     assert judge_claims(cells, specs)[0].label == "PGD-5 robust accuracy"
     specs, cells = cells_for({**TASKS.get("pgd").params(), "eps": "2/255", "steps": 20})
     assert judge_claims(cells, specs)[0].label == "PGD-20 (ε 2/255) robust accuracy"
+
+
+def test_a_model_with_non_finite_outputs_anywhere_takes_part_in_no_comparison():
+    """The finding: CB models whose head was NaN (clean withheld) still earned "CB lowers attention entropy:
+    supported", since their attention maps were finite. A broken model is broken in every task."""
+    from cbbench.report.claims import judge_claims
+    from cbbench.report.leaderboard import paired_rows
+    from cbbench.store import Cell, pack
+
+    names = [f"demo_vit{a}{s}" for a in ("", "_cb") for s in ("", "_s1", "_s2")]
+    specs = {m: MODELS.get(m).to_dict() for m in names}
+    rng = np.random.default_rng(0)
+    cells = {}
+    for m in names:
+        cb = "_cb" in m
+        entropy = rng.uniform(0.5, 0.6, 40) - 0.1 * cb  # a clear, consistent entropy drop
+        clean = {"accuracy": 0.1, "nonfinite": 40.0} if m == "demo_vit_cb_s2" else {"accuracy": 0.9}
+        cells[(m, "clean")] = Cell(m, m, specs[m], "clean", 1, {}, "digits", None, 0, "ok", None, clean, {}, None,
+                                   0.0, pack({"correct": np.ones(40, bool)}))
+        cells[(m, "attention_entropy")] = Cell(m, m, specs[m], "attention_entropy", 1, {}, "digits", None, 0, "ok",
+                                               None, {"mean_entropy": float(entropy.mean())}, {}, None, 0.0,
+                                               pack({"entropy": entropy}))
+    judged = {j.claim: j for j in judge_claims(cells, specs)}
+    entropy_claim = next(j for c, j in judged.items() if "entropy" in c)
+    assert entropy_claim.verdict == "no verdict"
+    assert "non-finite outputs from demo_vit_cb_s2 (in clean)" in entropy_claim.why
+    rows = paired_rows(cells, names, specs, ["clean", "attention_entropy"])
+    assert {r["comparison"] for r in rows} == {"demo_vit_cb − demo_vit", "demo_vit_cb_s1 − demo_vit_s1"}
+
+
+def test_a_cb_model_paired_with_another_network_is_not_judged_as_cb():
+    """CB on a 6-block model against a 4-block baseline measures CB plus the size: no CB claim."""
+    from cbbench.report.claims import judge_claims
+    from cbbench.store import Cell
+
+    specs = {"demo_vit": MODELS.get("demo_vit").to_dict(),
+             "big_cb": {**MODELS.get("demo_vit_small_cb").to_dict(), "name": "big_cb", "baseline": "demo_vit"}}
+    cells = {(m, "clean"): Cell(m, m, specs[m], "clean", 1, {}, "digits", None, 0, "ok", None,
+                                {"accuracy": 0.5 + 0.1 * (m == "big_cb")}, {}, None, 0.0) for m in specs}
+    assert judge_claims(cells, specs) == []

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from cbbench.metrics import cell_nonfinite
-from cbbench.report.pairing import pair_of
+from cbbench.report.pairing import is_cb_pair, pair_of
 
 SUPPORTED, CONTRADICTED, INSUFFICIENT, NO_VERDICT = "supported", "contradicted", "insufficient evidence", "no verdict"
 #: The family-wise error rate the verdicts of one run keep (Holm's step-down correction).
@@ -195,10 +194,15 @@ def _finite(values) -> bool:
 
 def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
     """Every claim this run measured, per model size, judged from its per-seed paired differences."""
+    from cbbench.report.leaderboard import broken_models
+
     sizes: dict[str, list[tuple[str, str]]] = {}  # model size and CB variant -> [(cb model, its baseline)]
+    broken_in = broken_models(cells)
     for m, spec in specs.items():
         base = pair_of(spec, specs)
-        if base is not None and spec.get("cb"):  # the claims are CB's; other changes only get paired differences
+        # the claims are CB's: a pair that differs by more than CB (another change, another network) only gets
+        # paired differences
+        if base is not None and is_cb_pair(spec, specs[base]):
             key = {k: spec.get(k) for k in ("arch", "arch_kwargs", *CB_VARIANT_FIELDS)}
             sizes.setdefault(json.dumps(key, sort_keys=True, default=list), []).append((m, base))
     tasks = {t for _, t in cells}
@@ -214,12 +218,13 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
                 continue
             deltas = [cells[(m, task)].metrics.get(claim.key, math.nan) - cells[(b, task)].metrics.get(claim.key, math.nan)
                       for m, b in measured]
-            broken = [x for pair in measured for x in pair if cell_nonfinite(cells[(x, task)])]
+            # a model with non-finite outputs in any task is broken: no claim uses it
+            broken = [x for pair in measured for x in pair if x in broken_in]
             label = _label(claim, cells[measured[0][0], task])
             if broken or not _finite(deltas):
                 judged.append(Judged(claim.text, size, label, [], claim.percent, NO_VERDICT,
-                                     f"non-finite outputs from {', '.join(broken)}" if broken
-                                     else "a model's metric is not a finite number"))
+                                     "non-finite outputs from " + ", ".join(f"{x} (in {broken_in[x]})" for x in broken)
+                                     if broken else "a model's metric is not a finite number"))
                 continue
             mean, std, low, high = t_interval(deltas)
             if task == "clean" and not any(specs[pairs[0][0]].get(f) is not None for f in CB_VARIANT_FIELDS):

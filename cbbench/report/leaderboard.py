@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cbbench.metrics import cell_nonfinite, mcnemar_exact, paired_bootstrap_ci, seed_summary
-from cbbench.report.pairing import pair_of
+from cbbench.report.pairing import is_cb_pair, pair_of
 from cbbench.report.files import write_atomic, write_text
 from cbbench.report.table import Table
 from cbbench.store import Cell, Store, shown_run
@@ -30,8 +30,30 @@ PAIRED_COLUMNS = ("comparison", "task", "metric", "n", "Δ [95% CI]", "fixes / b
 def compared_side(models: list[str], specs: dict) -> str:
     """What the report calls the compared side of its pairs: "CB" when every pair is a CB twin and its baseline,
     else "model" (a suite may pair any change with a named baseline; only CB pairs have CB claims)."""
-    paired = [m for m in models if pair_of(specs[m], specs) is not None]
-    return "CB" if all(specs[m].get("cb") for m in paired) else "model"
+    bases = {m: pair_of(specs[m], specs) for m in models}
+    return "CB" if all(is_cb_pair(specs[m], specs[b]) for m, b in bases.items() if b is not None) else "model"
+
+
+def broken_models(cells: dict) -> dict[str, str]:
+    """Model -> the first task in which it gave non-finite outputs (NaN/inf logits, or a headline that is not a
+    number). Such a model is broken: its comparisons and verdicts are withheld in every task, not only there."""
+    import math
+
+    broken: dict[str, str] = {}
+    for (m, task), cell in cells.items():
+        if m in broken or cell is None or cell.status != "ok":
+            continue
+        value = cell.metrics.get(_column(task).key)
+        if cell_nonfinite(cell) or (isinstance(value, float) and not math.isfinite(value)):
+            broken[m] = task
+    return broken
+
+
+def withheld_note(models, broken: dict[str, str]) -> str | None:
+    """"withheld: non-finite outputs from M (in T)" if any of ``models`` is broken, else None."""
+    bad = [m for m in models if m in broken]
+    return (f"withheld: non-finite outputs from {', '.join(f'{m} (in {broken[m]})' for m in bad)}"
+            if bad else None)
 
 
 def _paired_header(column: str, side: str) -> str:
@@ -109,10 +131,10 @@ def per_sample(cell: Cell) -> np.ndarray | None:
 
 
 def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: dict, tasks: list[str]) -> list[dict]:
-    rows, side = [], compared_side(models, specs)
+    rows, side, broken = [], compared_side(models, specs), broken_models(cells)
     for model in models:
         base = pair_of(specs[model], specs)
-        if base is None:
+        if base is None or model in broken or base in broken:  # the table and verdicts say why
             continue
         for task in tasks:
             a, b = cells.get((base, task)), cells.get((model, task))
@@ -158,6 +180,7 @@ def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], pair
     from cbbench.report.claims import t_interval
 
     groups = _seed_groups(models, specs)
+    broken = broken_models(cells)
     delta_by = {(r["comparison"], r["task"]): r["_delta"] for r in paired}
     rows = []
     for members in groups.values():
@@ -176,7 +199,11 @@ def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], pair
         if all(bases):
             drow = {"arm": f"Δ {'CB' if cb else 'model'} − baseline [95% t-interval across seeds]",
                     "seeds": f"{len(members)} pairs"}
+            withheld = withheld_note([*members, *bases], broken)
             for col in columns:
+                if withheld:
+                    drow[col.header] = withheld
+                    continue
                 deltas = [delta_by[(f"{m} − {b}", col.task)] for m, b in zip(members, bases)
                           if (f"{m} − {b}", col.task) in delta_by]
                 finite = [d for d in deltas if np.isfinite(d)]
@@ -257,6 +284,7 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
     ordered += [m for m in models if m not in ordered]
 
     paired = paired_rows(cells, ordered, specs, tasks)
+    broken = broken_models(cells)
     delta_by = {(r["comparison"], r["task"]): r for r in paired}
     table, records = [], []
     for m in ordered:
@@ -280,10 +308,10 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
         base = pair_of(specs[m], specs)
         if base is not None:
             drow = {"model": f"Δ vs {base} [95% CI, images]", "params": ""}
+            withheld = withheld_note([base, m], broken)
             for col in columns:
                 r = delta_by.get((f"{m} − {base}", col.task))
-                withheld = any(cell_nonfinite(cells.get((x, col.task))) for x in (base, m))
-                drow[col.header] = "withheld: non-finite outputs" if withheld else r["Δ [95% CI]"] if r else "–"
+                drow[col.header] = withheld if withheld else r["Δ [95% CI]"] if r else "–"
                 if r and not withheld:
                     drow.setdefault("_tones", {})[col.header] = r["_tones"]["Δ [95% CI]"]
             table.append(drow)

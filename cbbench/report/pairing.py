@@ -13,3 +13,10 @@ def pair_of(spec: dict, specs: dict[str, dict]) -> str | None:
     same = [n for n, s in specs.items() if not s.get("cb") and s.get("arch") == spec.get("arch")
             and s.get("arch_kwargs") == spec.get("arch_kwargs")]
     return same[0] if len(same) == 1 else None
+
+
+def is_cb_pair(spec: dict, base: dict) -> bool:
+    """Whether a model and the baseline it is compared with differ by CB alone (the same network, the baseline
+    without CB): only then is their difference a CB effect the claims may judge."""
+    return bool(spec.get("cb")) and not base.get("cb") and all(
+        spec.get(k) == base.get(k) for k in ("arch", "arch_kwargs"))
