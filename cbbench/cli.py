@@ -96,8 +96,9 @@ def cmd_report(args) -> int:
             files += _exports(root, suite, args)
     if not files:
         what = f"suite {args.suite!r}" if args.suite else "any suite"
-        print(f"the store {root / 'cbbench.sqlite'} has no results for {what}; nothing to report")
-        return 0
+        print(f"error: the store {root / 'cbbench.sqlite'} has no results for {what}; nothing to report "
+              "('cbbench runs' lists what it has)", file=sys.stderr)
+        return EXIT_USAGE
     for path in files:
         print(f"wrote {path}")
     return 0

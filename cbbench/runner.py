@@ -165,8 +165,8 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                 raise FileNotFoundError(f"model {spec.name}: checkpoint {spec.checkpoint} not found; pass an existing "
                                         "file (timm:ARCH[+cb]@/path/to/checkpoint.pth)")
             check_file(spec.checkpoint)
-    _check_distinct(specs)
     tasks = [task_from_entry(t) for t in (config.tasks or suite.tasks)]  # "pgd" or {"pgd": {"eps": "2/255"}}
+    _check_distinct(specs, tasks)
     every_s = stream_every_s()
     checkpoint_dir(config.checkpoints)  # a file in its place: bad input, before any work
     pipeline = config.pipeline  # validates --amp before any work
@@ -177,10 +177,14 @@ def run(config: RunConfig, progress: Callable = None, on_event: Callable[[str], 
                           progress, prebuilt)
 
 
-def _check_distinct(specs) -> None:
-    """Two names for one network with the same weights share every cell (a cell's key leaves the name out), so
-    the report would show one of them: bad input, before any work. Modules from Python differ by their weights'
-    digest, which the runner checks when it has them."""
+def _check_distinct(specs, tasks) -> None:
+    """A model or task listed twice, or two names for one network with the same weights (they share every cell: a
+    cell's key leaves the name out, so the report would show one of them): bad input, before any work. Modules
+    from Python differ by their weights' digest, which cbbench.evaluate checks."""
+    for what, names in (("models", [s.name for s in specs]), ("tasks", [t.name for t in tasks])):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{what}: {', '.join(twice)} listed twice; list each once")
     seen: dict[str, str] = {}
     for spec in specs:
         if spec.weights == "memory":

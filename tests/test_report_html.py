@@ -47,8 +47,8 @@ def test_all_formats_and_the_empty_store_message(tmp_path, capsys):
     Store(empty).close()
     capsys.readouterr()
     for fmt in ("md", "html"):
-        assert main(["report", "--results", str(empty), "--format", fmt]) == 0
-        assert "has no results for any suite; nothing to report" in capsys.readouterr().out
+        assert main(["report", "--results", str(empty), "--format", fmt]) == 2  # nothing written: not a success
+        assert "has no results for any suite; nothing to report" in capsys.readouterr().err
 
 
 def test_format_validation_names_html(capsys):
