@@ -192,6 +192,9 @@ def read_suite_file(path: str | Path) -> Suite:
         raise SuiteFileError(f"{where} not found; pass an existing .yaml file or a suite name (cbbench ls suites)")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise SuiteFileError(f"{where} is not a text (UTF-8) file; a suite file is YAML, see docs/suite_files.md") \
+            from None
     except yaml.YAMLError as exc:
         raise SuiteFileError(f"{where} is not valid YAML: {str(exc).splitlines()[0]} "
                              f"({getattr(exc, 'problem_mark', '') or ''})".strip()) from None
@@ -225,8 +228,9 @@ def read_suite_file(path: str | Path) -> Suite:
         raise SuiteFileError(f"{where}: models: {sorted({n for n in names if names.count(n) > 1})} listed twice")
     for i, m in enumerate(models):
         if not isinstance(m, str) and m.baseline is not None and (m.baseline not in names or m.baseline == m.name):
+            others = ", ".join(n for n in names if n != m.name) or "it is the only one"
             raise SuiteFileError(f"{where}: models[{i}]: baseline {m.baseline!r} must name another model of this "
-                                 f"suite ({', '.join(n for n in names if n != m.name)})")
+                                 f"suite ({others})")
     tasks = [task_from_entry(t, f"{where}: tasks[{i}]") for i, t in enumerate(data["tasks"])]
     seen = [t.name for t in tasks]
     if len(set(seen)) != len(seen):
@@ -274,6 +278,8 @@ def _model_entry(entry, where: str, base: Path):
                                  "whose network it shares, e.g. {name: my_vit, like: demo_vit, checkpoint: my.pth}")
     if entry["like"] not in MODELS:
         raise SuiteFileError(f"{where}: like: {MODELS.unknown_message(entry['like'])}")
+    if entry["name"] in MODELS:  # its rows would read as the zoo model's numbers
+        raise SuiteFileError(f"{where}: name {entry['name']!r} is a zoo model's; give your model its own name")
     like = MODELS.get(entry["like"])
     weights = entry.get("weights", "file" if "checkpoint" in entry else None)
     if weights not in ("file", "random", "train"):
@@ -314,7 +320,8 @@ def _model_entry(entry, where: str, base: Path):
     for key, kind in (("cb", bool), ("seed", int), ("baseline", str)):
         if key in entry:
             if not isinstance(entry[key], kind) or (kind is int and isinstance(entry[key], bool)):
-                raise SuiteFileError(f"{where}: {key} must be a {kind.__name__}, not {entry[key]!r}")
+                what = {bool: "true or false", int: "whole number", str: "string"}[kind]
+                raise SuiteFileError(f"{where}: {key} must be a {what}, not {entry[key]!r}")
             changes[key] = entry[key]
     if not changes.get("cb", like.cb):
         changes.update(cb=False, cb_layers=None, cb_position="mlp", cb_alpha=0.5, cb_scaled=False)

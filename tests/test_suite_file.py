@@ -170,6 +170,12 @@ def test_a_network_change_from_a_suite_file_is_built_and_paired(tmp_path, capsys
      "checkpoint given with weights: random; keep one of them"),
     ("dataset: digits\nmodels: [{name: x, like: deit_tiny, weights: train}]\ntasks: [clean]\n",
      "weights: train needs a like model that cbbench trains (a recipe); deit_tiny has none"),
+    ("dataset: digits\nmodels: [{name: demo_vit, like: demo_vit, weights: random}]\ntasks: [clean]\n",
+     "name 'demo_vit' is a zoo model's; give your model its own name"),
+    ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, seed: a}]\ntasks: [clean]\n",
+     "seed must be a whole number, not 'a'"),
+    ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, baseline: x}]\ntasks: [clean]\n",
+     "baseline 'x' must name another model of this suite (it is the only one)"),
     ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, arch_kwargs: [1]}]\ntasks: [clean]\n",
      "arch_kwargs must be a mapping of timm.create_model keyword arguments"),
     ("dataset: digits\nmodels: [demo_vit, {name: x, like: demo_vit, weights: random, baseline: demo_vti}]\n"
@@ -182,6 +188,13 @@ def test_invalid_suite_files_exit_2_naming_file_key_and_fix(tmp_path, capsys, te
     assert code == 2
     assert f"suite file {path}" in err and message in err, err
     assert not (tmp_path / "r" / "cbbench.sqlite").exists()  # refused before anything ran
+
+
+def test_a_binary_suite_file_is_named(tmp_path, capsys):
+    path = tmp_path / "b.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"))
+    assert code == 2 and f"suite file {path} is not a text (UTF-8) file" in err
 
 
 def test_missing_suite_file(tmp_path, capsys):
