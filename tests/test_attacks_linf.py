@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbbench.attacks.linf import GradientMaskingError, fgsm, pgd, validate_epsilon
+from cbbench.attacks.linf import GradientMaskingError, NonFiniteGradientError, fgsm, pgd, validate_epsilon
 
 N_EVAL = 128  # a power of two: see test_fgsm_matches_torchattacks
 
@@ -222,6 +222,15 @@ def test_gradient_masking_is_detected(setup, wrapper):
         fgsm(masked, x[:16], y[:16], 1 / 255)
     with pytest.raises(GradientMaskingError):
         pgd(masked, x[:16], y[:16], 1 / 255, steps=5, step_size=0.5 / 255, generator=0)
+
+
+def test_a_nan_model_is_called_broken_not_gradient_masked(setup):
+    model, x, y, _ = setup
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        next(p for p in broken.parameters() if p.ndim == 2).fill_(float("nan"))  # NaN > 0 is False: not "zero"
+    with pytest.raises(NonFiniteGradientError, match="logits are not finite"):
+        fgsm(broken, x[:8], y[:8], 1 / 255)
 
 
 def test_train_mode_is_refused(setup):

@@ -44,13 +44,17 @@ from torch import nn
 
 from cbbench.attacks.epsilon import parse_pixel_value, validate_epsilon
 
-__all__ = ["GradientMaskingError", "validate_epsilon", "fgsm", "pgd"]
+__all__ = ["GradientMaskingError", "NonFiniteGradientError", "validate_epsilon", "fgsm", "pgd"]
 
 GeneratorLike = Union[torch.Generator, int, None]
 
 
 class GradientMaskingError(RuntimeError):
     """The model's output does not depend differentiably on its input."""
+
+
+class NonFiniteGradientError(RuntimeError):
+    """The model's logits (hence its loss and input gradient) are NaN or infinite: a broken model, not a masked one."""
 
 
 
@@ -104,6 +108,10 @@ def _check_gradient(grad: torch.Tensor | None) -> None:
     if grad is None:
         raise GradientMaskingError(
             f"the model's output does not depend differentiably on its input (gradient is None); {hint}")
+    if not bool(torch.isfinite(grad.flatten(1)).all(dim=1).any()):  # NaN > 0 is False: not "exactly zero"
+        raise NonFiniteGradientError(
+            "the input gradient is NaN or infinite for every image: the model's logits are not finite numbers "
+            "(NaN or inf weights, or an overflow); check the checkpoint, there is nothing to attack")
     if not bool(grad.flatten(1).abs().amax(dim=1).gt(0).any()):
         raise GradientMaskingError(
             f"the input gradient is exactly zero for every image (a non-differentiable step such as "
