@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from cbbench.report.broken import broken_models
 from cbbench.report.pairing import is_cb_pair, pair_of
 
 SUPPORTED, CONTRADICTED, INSUFFICIENT, NO_VERDICT = "supported", "contradicted", "insufficient evidence", "no verdict"
@@ -194,8 +195,6 @@ def _finite(values) -> bool:
 
 def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
     """Every claim this run measured, per model size, judged from its per-seed paired differences."""
-    from cbbench.report.leaderboard import broken_models
-
     sizes: dict[str, list[tuple[str, str]]] = {}  # model size and CB variant -> [(cb model, its baseline)]
     broken_in = broken_models(cells)
     for m, spec in specs.items():

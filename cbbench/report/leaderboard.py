@@ -16,6 +16,7 @@ import pandas as pd
 
 from cbbench.metrics import cell_nonfinite, mcnemar_exact, paired_bootstrap_ci, seed_summary
 from cbbench.report.pairing import is_cb_pair, pair_of
+from cbbench.report.broken import broken_models, withheld_note
 from cbbench.report.files import write_atomic, write_text
 from cbbench.report.table import Table
 from cbbench.store import Cell, Store, shown_run
@@ -32,28 +33,6 @@ def compared_side(models: list[str], specs: dict) -> str:
     else "model" (a suite may pair any change with a named baseline; only CB pairs have CB claims)."""
     bases = {m: pair_of(specs[m], specs) for m in models}
     return "CB" if all(is_cb_pair(specs[m], specs[b]) for m, b in bases.items() if b is not None) else "model"
-
-
-def broken_models(cells: dict) -> dict[str, str]:
-    """Model -> the first task in which it gave non-finite outputs (NaN/inf logits, or a headline that is not a
-    number). Such a model is broken: its comparisons and verdicts are withheld in every task, not only there."""
-    import math
-
-    broken: dict[str, str] = {}
-    for (m, task), cell in cells.items():
-        if m in broken or cell is None or cell.status != "ok":
-            continue
-        value = cell.metrics.get(_column(task).key)
-        if cell_nonfinite(cell) or (isinstance(value, float) and not math.isfinite(value)):
-            broken[m] = task
-    return broken
-
-
-def withheld_note(models, broken: dict[str, str]) -> str | None:
-    """"withheld: non-finite outputs from M (in T)" if any of ``models`` is broken, else None."""
-    bad = [m for m in models if m in broken]
-    return (f"withheld: non-finite outputs from {', '.join(f'{m} (in {broken[m]})' for m in bad)}"
-            if bad else None)
 
 
 def _paired_header(column: str, side: str) -> str:
