@@ -57,6 +57,11 @@ def cmd_run(args) -> int:
         for o in summary.nonfinite:
             print(f"  {o.task} / {o.model}: NaN or infinite logits on {o.nonfinite} image(s); check the "
                   "checkpoint", file=sys.stderr)
+    if counts["skipped"] and not counts["ok"] + counts["cached"]:  # a green exit would hide that nothing ran
+        first = next(o for o in summary.outcomes if o.status == "skipped")
+        print(f"nothing was measured: every cell was skipped ({first.task} / {first.model}: {first.reason})",
+              file=sys.stderr)
+        return EXIT_FAILED_CELLS
     return EXIT_FAILED_CELLS if summary.failed or summary.nonfinite else 0
 
 

@@ -178,7 +178,8 @@ def test_cli_without_data_root_skips_cells_and_train_says_what_to_do(tmp_path, c
     code = main(["run", "--suite", "paper_cifar10", "--models", "cifar10_vit", "cifar10_vit_cb", "--tasks", "clean",
                  "--checkpoints", str(tmp_path / "ckpt"), "--results", str(tmp_path / "results")])
     out = capsys.readouterr()
-    assert code == 0 and "0 computed, 0 reused from the store, 2 skipped, 0 failed" in out.out
+    assert code == 1 and "0 computed, 0 reused from the store, 2 skipped, 0 failed" in out.out
+    assert "nothing was measured: every cell was skipped (clean / cifar10_vit:" in out.err
     md = (tmp_path / "results" / "paper_cifar10.md").read_text()
     assert "`clean` on `cifar10_vit_cb`: **skipped**" in md and "cifar-10-batches-py" in md
     assert "--data-root" in md
