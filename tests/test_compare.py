@@ -51,6 +51,8 @@ def test_two_folders_numbers_difference_and_cause(two_folders):
     pgd = rows[("demo_vit", "pgd")]
     assert pgd["B − A"] == "-10.0" and "task params.eps: 1/255 → 2/255" in pgd["what differs (A → B)"]
     assert rows[("demo_vit", "fgsm")]["B − A"] == "+0.0"
+    assert rows[("demo_vit", "fgsm")]["what differs (A → B)"] == "nothing recorded differs (same inputs, same number: " \
+                                                                "a rerun)"
     assert rows[("other", "clean")]["what differs (A → B)"] == "only in B" and rows[("other", "clean")]["A"] == "–"
     markdown = to_markdown(blocks)
     assert markdown.startswith("# cbbench compare") and "| demo_vit | clean" in markdown.replace("  ", " ")

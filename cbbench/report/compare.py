@@ -86,7 +86,7 @@ def differences(a: Cell, b: Cell) -> list[str]:
             out += [f"{name}.{k}: {x.get(k)} → {y.get(k)}" for k in dict.fromkeys([*x, *y]) if x.get(k) != y.get(k)]
         elif x != y:
             out.append(f"{name}: {x} → {y}")
-    return out or ["nothing recorded differs (same inputs, another number: a non-deterministic kernel?)"]
+    return out
 
 
 def compare_blocks(pairs: list[tuple[str, Side, Side]]) -> list:
@@ -103,7 +103,9 @@ def compare_blocks(pairs: list[tuple[str, Side, Side]]) -> list:
                 scale, digits = (100, 1) if col.percent else (1, 3)
                 delta = f"{scale * (vb - va):+.{digits}f}"
                 moved += vb != va
-            why = ("only in A" if cb is None else "only in B" if ca is None else "; ".join(differences(ca, cb)))
+            why = ("only in A" if cb is None else "only in B" if ca is None else "; ".join(differences(ca, cb)) or
+                   ("nothing recorded differs (same inputs, same number: a rerun)" if va == vb else
+                    "nothing recorded differs (same inputs, another number: a non-deterministic kernel?)"))
             rows.append({"model": model, "task": task, "metric": col.header,
                          "A": col.fmt(va) if ca is None or ca.status == "ok" else ca.status,
                          "B": col.fmt(vb) if cb is None or cb.status == "ok" else cb.status,
