@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import json
 import sqlite3
 import time
@@ -85,6 +86,16 @@ def unpack(blob: bytes | None) -> dict[str, np.ndarray]:
         return {}
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def not_writable(path: Path) -> StoreError | None:
+    """The error for a store in a folder cbbench cannot write (sqlite's WAL needs files beside the store, so a
+    read-only folder fails to open even a healthy store: not "damaged"), or None if the folder is writable."""
+    if all(os.access(p, os.W_OK) for p in (path.parent, path) if p.exists()):
+        return None
+    return StoreError(f"the results folder {path.parent} is not writable (read-only?): cbbench writes its store "
+                      f"{path.name} and its journal there, also to read it. Copy the folder somewhere writable "
+                      f"(cp -r {path.parent} /tmp/results) and pass --results /tmp/results, or make it writable.")
 
 
 def damaged(path: Path, what: str) -> StoreError:
@@ -185,7 +196,7 @@ class Store:
             self._open(check)
         except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
             self.db.close()
-            raise damaged(self.path, str(exc)) from None
+            raise (not_writable(self.path) or damaged(self.path, str(exc))) from None
         except (StoreError, sqlite3.Error) as exc:
             self.db.close()
             if isinstance(exc, StoreError):

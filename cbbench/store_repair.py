@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from cbbench.errors import StoreError
-from cbbench.store import COLUMNS, Store, unpack
+from cbbench.store import COLUMNS, Store, not_writable, unpack
 
 TABLES = ("cells", "parts", "runs", "run_cells")  # parents first: run_cells name cells and runs
 
@@ -49,6 +49,8 @@ def repair(results_dir: str | Path) -> dict:
     results_dir = Path(results_dir)
     path = results_dir / "cbbench.sqlite"
     _connect(path).close()
+    if (error := not_writable(path)) is not None:  # moving it aside would fail halfway
+        raise error
     aside = path.with_name(f"cbbench.damaged-{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
     for suffix in ("", "-wal", "-shm"):  # the WAL holds committed transactions not yet in the main file
         if Path(f"{path}{suffix}").exists():

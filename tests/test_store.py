@@ -124,3 +124,26 @@ def test_results_path_that_is_a_file_gives_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="writable directory"):
         Store(tmp_path / "file")
+
+
+def test_a_store_in_a_read_only_folder_is_called_that_not_damaged(tmp_path, monkeypatch):
+    """sqlite's WAL needs files beside the store, so a healthy store in a read-only folder fails to open with
+    'unable to open database file': that was reported as damaged, with a repair that then failed too."""
+    import sqlite3
+
+    from cbbench import store as store_module
+    from cbbench.store_repair import repair
+
+    Store(tmp_path).close()
+
+    def read_only_open(self, check):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(Store, "_open", read_only_open)
+    monkeypatch.setattr(store_module.os, "access", lambda path, mode: False)  # as on a read-only mount
+    with pytest.raises(StoreError, match="is not writable .read-only..*cp -r") as caught:
+        Store(tmp_path)
+    assert "damaged" not in str(caught.value)
+    with pytest.raises(StoreError, match="is not writable"):
+        repair(tmp_path)
+    assert (tmp_path / "cbbench.sqlite").is_file()  # nothing moved aside
