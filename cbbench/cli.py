@@ -72,7 +72,10 @@ def cmd_report(args) -> int:
     if args.suite:
         from cbbench.suites import SUITES
 
-        from cbbench.suite_file import stored_suites
+        from cbbench.suite_file import is_suite_file, read_suite_file, stored_suites
+
+        if args.suite not in SUITES and is_suite_file(args.suite):  # its report is stored under its name:
+            args.suite = read_suite_file(args.suite).name
 
         if args.suite not in stored_suites(args.results):  # suite files, cbbench.evaluate runs: in the store only
             SUITES.get(args.suite)  # an unknown name: exit 2 with "did you mean"

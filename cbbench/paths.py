@@ -40,5 +40,7 @@ def checkpoint_dir(cli_value: str | os.PathLike | None = None) -> Path:
 
 def results_dir(cli_value: str | os.PathLike | None = None) -> Path:
     """Where the results store and reports go (``--results``, ``CBBENCH_RESULTS``, else ./results)."""
+    if cli_value is not None and not str(cli_value).strip():  # e.g. --results "$UNSET_VARIABLE"
+        raise ValueError("--results is empty; give a folder (or leave it out for ./results)")
     value = cli_value or os.environ.get("CBBENCH_RESULTS") or "results"
     return Path(value).expanduser()

@@ -283,6 +283,8 @@ BAD = [  # (arguments, environment, exit code, message fragment)
     (["report", "--suite", "nope"], {}, 2, "unknown suite 'nope'"),
     (["report", "--run", "999"], {}, 2, "has no run 999"),
     (["report", "--suite", "paper"], {}, 2, "has no results for suite 'paper'; nothing to report"),
+    (["report", "--results", ""], {}, 2, "--results is empty"),
+    (["run", "--results", " "], {}, 2, "--results is empty"),
     (["run", "--models", "demo_vit", "demo_vit", "--tasks", "clean"], {}, 2, "models: demo_vit listed twice"),
     (["run", "--models", "demo_vit", "--tasks", "clean", "clean"], {}, 2, "tasks: clean listed twice"),
     (["report", "--run", "0"], {}, 2, "argument --run: must be at least 1"),

@@ -77,6 +77,12 @@ def test_suite_file_runs_and_its_parameters_enter_the_cells(suite_run):
     assert "fog.3.correct" in cells[("rand_vit", "corruptions_torch")].samples
 
 
+def test_report_takes_the_suite_file_for_its_name(suite_run, capsys):
+    root, path = suite_run
+    code, out, err = run_cli(capsys, "report", "--suite", str(path), "--results", str(root / "results"))
+    assert code == 0 and "smoke_file.md" in out, err
+
+
 def test_other_parameters_are_other_cells(suite_run, capsys):
     root, path = suite_run
     results = str(root / "results")
