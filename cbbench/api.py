@@ -79,6 +79,7 @@ def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | No
             baseline: str | None = None, device: torch.device | str = "cpu") -> InMemoryModel:
     """``module`` (eval mode, moved to ``device``) wrapped for the runner, with a spec naming its class and
     preprocessing and a digest of its weights: the two things a cached cell must match."""
+    from cbbench.cb import has_context_broadcasting
     from cbbench.models.checkpoint import weights_digest
     from cbbench.models.spec import ModelSpec
 
@@ -94,8 +95,6 @@ def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | No
     mean, std, size = _preprocessing(preprocessing, dataset)
     cls = type(module)
     model = InMemoryModel(module, mean, std, size).eval().to(device)
-    from cbbench.cb import has_context_broadcasting
-
     # CB layers have no weights by default: the class and the weights alone would not tell a CB twin apart
     arch = f"python:{cls.__module__}.{cls.__qualname__}" + ("+cb" if has_context_broadcasting(module) else "")
     model.spec = ModelSpec(name=name, arch=arch,
