@@ -139,8 +139,8 @@ def test_report_rerenders_from_the_store_alone(first_run, tmp_path, capsys):
     (first_run / "robustness.md").unlink()
     code, out, _ = run_cli(capsys, "report", "--results", str(first_run), "--format", "md")
     assert code == 0 and (first_run / "robustness.md").read_text() == before
-    code, out, _ = run_cli(capsys, "report", "--results", str(first_run), "--suite", "paper")
-    assert code == 0 and "no results for suite 'paper'" in out
+    code, _, err = run_cli(capsys, "report", "--results", str(first_run), "--suite", "paper")
+    assert code == 2 and "no results for suite 'paper'" in err  # nothing written: not a success
 
 
 def test_console_entry_point_lists_registries():
