@@ -153,7 +153,8 @@ def test_with_a_data_root_the_default_suite_is_the_imagenet_one(tmp_path, capsys
     """Missing datasets and offline weights make skipped cells with their reasons, never numbers."""
     (tmp_path / "data").mkdir()
     code, out, err = run_cli(capsys, "run", "--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "r"))
-    assert code == 0 and "running suite robustness_imagenet" in err and "0 computed" in out
+    assert code == 1 and "running suite robustness_imagenet" in err and "0 computed" in out
+    assert "nothing was measured: every cell was skipped" in err
     md = (tmp_path / "r" / "robustness_imagenet.md").read_text()
     assert "`imagenet_a` on `deit_tiny`: **skipped**: weights unavailable" in md
     assert "not available offline" in md and "| deit_small " in md
