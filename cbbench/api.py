@@ -4,8 +4,8 @@ A researcher's model lives in a notebook, not in the zoo. It enters the runner a
 "prebuilt" model: wrapped to take [0,1] images (normalization, and resizing when
 its input size differs from the dataset's, happen inside, as for zoo models, so
 attack epsilons stay in pixels), and identified in the cell key by its class, whether
-it has CB layers, its preprocessing and a digest of its state_dict, so a cached cell is
-reused only for the same weights and a changed weight gives new cells.
+it has CB (whose layers have no weights), its preprocessing and a digest of its state_dict,
+so a cached cell is reused only for the same weights and a changed weight gives new cells.
 """
 from __future__ import annotations
 
@@ -95,9 +95,10 @@ def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | No
     mean, std, size = _preprocessing(preprocessing, dataset)
     cls = type(module)
     model = InMemoryModel(module, mean, std, size).eval().to(device)
-    # CB layers have no weights by default: the class and the weights alone would not tell a CB twin apart
-    arch = f"python:{cls.__module__}.{cls.__qualname__}" + ("+cb" if has_context_broadcasting(module) else "")
-    model.spec = ModelSpec(name=name, arch=arch,
+    if has_context_broadcasting(module) and not cb:  # CB layers have no weights: the spec's cb tells the twins apart
+        raise ValueError(f"model {name} has cbbench's CB layers; it is the CB side of its pair (leave cb out, or "
+                         "pass the network without them)")
+    model.spec = ModelSpec(name=name, arch=f"python:{cls.__module__}.{cls.__qualname__}",
                            arch_kwargs=(("input_size", size),) if size else (), cb=cb, baseline=baseline,
                            weights="memory", dataset=dataset, mean=mean, std=std,
                            description="a module passed to cbbench.evaluate")
@@ -201,7 +202,7 @@ def evaluate(model: nn.Module, baseline: nn.Module | None = None, *, suite: str 
         from cbbench.cb import has_context_broadcasting
 
         cb = has_context_broadcasting(model)
-    prebuilt = {name: prepare(model, name, dataset, preprocessing, cb=bool(cb) and baseline is not None,
+    prebuilt = {name: prepare(model, name, dataset, preprocessing, cb=bool(cb),
                               baseline=baseline_name if baseline is not None else None, device=torch_device)}
     if baseline is not None:
         prebuilt[baseline_name] = prepare(baseline, baseline_name, dataset, preprocessing, device=torch_device)

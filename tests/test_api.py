@@ -1,6 +1,7 @@
 """cbbench.evaluate: a module built in Python, through the runner, store, cache and report of the CLI."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -64,9 +65,11 @@ def test_a_change_other_than_cb_is_compared_but_not_judged_as_cb(tmp_path):
     assert result.cells[("layerscale", "clean")].model_spec["cb"] is False
     cb = cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=["clean"], limit=16, results=tmp_path, device="cpu")
     assert "model (CB)" in cb.report_path.read_text()  # found from its CB layers
-    plain = cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=["clean"], limit=16, results=tmp_path,
-                             device="cpu", cb=False, report_name="told")
-    assert "(CB)" not in plain.report_path.read_text()
+    with pytest.raises(ValueError, match="has cbbench's CB layers; it is the CB side of its pair"):
+        cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=["clean"], limit=16, results=tmp_path, device="cpu",
+                         cb=False)
+    # a CB module and its plain twin are a CB pair: the claims are judged (one seed pair: no verdict)
+    assert json.loads(cb.report_path.with_suffix(".json").read_text())["verdicts"]
 
 
 def test_one_model_twice_is_refused_before_any_work(tmp_path, capsys):
