@@ -62,6 +62,7 @@ def test_a_change_other_than_cb_is_compared_but_not_judged_as_cb(tmp_path):
     assert list(result.table.index) == ["baseline", "layerscale", "Δ layerscale − baseline"]
     report = result.report_path.read_text()
     assert "(CB)" not in report and "CB improves" not in report and "model fixes / breaks" in report
+    assert "across training seeds" not in report  # one class, two arms: not "baseline ×2 seeds | 0, 0"
     assert result.cells[("layerscale", "clean")].model_spec["cb"] is False
     cb = cbbench.evaluate(tiny_vit(cb=True), tiny_vit(), tasks=["clean"], limit=16, results=tmp_path, device="cpu")
     assert "model (CB)" in cb.report_path.read_text()  # found from its CB layers

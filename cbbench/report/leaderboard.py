@@ -141,16 +141,26 @@ def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: di
 
 
 def seed_group(spec: dict) -> str:
-    """Models that differ only in their training seed form one group (one arm of an experiment)."""
-    return json.dumps({k: v for k, v in spec.items() if k not in ("name", "description", "baseline", "seed")},
-                      sort_keys=True, default=list)
+    """Models that differ only in their training seed form one group (one arm of an experiment). Whether a model
+    is compared with a baseline is part of its arm: two modules of one class given to cbbench.evaluate (a change
+    and its baseline: their weights, not their specs, differ) are two arms, not two seeds of one."""
+    arm = {k: v for k, v in spec.items() if k not in ("name", "description", "baseline", "seed")}
+    return json.dumps({**arm, "compared": spec.get("baseline") is not None}, sort_keys=True, default=list)
 
 
 def _seed_groups(models: list[str], specs: dict) -> dict[str, list[str]]:
+    """Seed groups; members that share a seed are not seeds of one arm, so such a group is split up."""
     groups: dict[str, list[str]] = {}
     for m in models:
         groups.setdefault(seed_group(specs[m]), []).append(m)
-    return groups
+    out: dict[str, list[str]] = {}
+    for key, members in groups.items():
+        seeds = [specs[m].get("seed") for m in members]
+        if len(set(seeds)) == len(seeds):
+            out[key] = members
+        else:
+            out.update({f"{key}#{m}": [m] for m in members})
+    return out
 
 
 def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], paired: list[dict]) -> list[dict]:
