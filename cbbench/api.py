@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -76,7 +76,7 @@ def _file_transform(net: nn.Module, size: int | None):
 
 
 def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | None = None, cb: bool = False,
-            baseline: str | None = None, device: torch.device | str = "cpu") -> InMemoryModel:
+            baseline: str | None = None, device: torch.device | str = "cpu", seed: int = 0) -> InMemoryModel:
     """``module`` (eval mode, moved to ``device``) wrapped for the runner, with a spec naming its class and
     preprocessing and a digest of its weights: the two things a cached cell must match."""
     from cbbench.cb import has_context_broadcasting
@@ -100,7 +100,7 @@ def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | No
                          "pass the network without them)")
     model.spec = ModelSpec(name=name, arch=f"python:{cls.__module__}.{cls.__qualname__}",
                            arch_kwargs=(("input_size", size),) if size else (), cb=cb, baseline=baseline,
-                           weights="memory", dataset=dataset, mean=mean, std=std,
+                           weights="memory", dataset=dataset, mean=mean, std=std, seed=seed,
                            description="a module passed to cbbench.evaluate")
     model.weights_digest = weights_digest(module)
     model.eval_transform = _file_transform(module, size)
@@ -166,16 +166,19 @@ class EvalResult:
         return f"EvalResult(report_path={str(self.report_path)!r})\n{self.table.to_string()}"
 
 
-def evaluate(model: nn.Module, baseline: nn.Module | None = None, *, suite: str | None = None,
-             tasks: list | None = None, dataset: str | None = None, results: str | Path | None = None,
-             limit: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 128,
-             preprocessing: dict | None = None, name: str = "model", baseline_name: str = "baseline",
-             report_name: str | None = None, data_root: str | Path | None = None, force: bool = False,
-             log_samples: bool = False, verbose: bool = False, cb: bool | None = None) -> EvalResult:
+def evaluate(model: nn.Module | Sequence[nn.Module], baseline: nn.Module | Sequence[nn.Module] | None = None, *,
+             suite: str | None = None, tasks: list | None = None, dataset: str | None = None,
+             results: str | Path | None = None, limit: int | None = None, device: str = "auto", seed: int = 0,
+             batch_size: int = 128, preprocessing: dict | None = None, name: str = "model",
+             baseline_name: str = "baseline", report_name: str | None = None, data_root: str | Path | None = None,
+             force: bool = False, log_samples: bool = False, verbose: bool = False,
+             cb: bool | None = None) -> EvalResult:
     """Evaluate ``model`` (any torch module taking normalized images; cbbench feeds it [0,1] RGB through
     ``preprocessing``; a ``cbbench.load_model`` model as it is) on a suite's tasks, and ``baseline`` beside
     it with paired differences. cb: whether ``model`` is the CB side of the pair, whose claims the report
     judges (default: whether it has cbbench's CB layers); any other change is compared, not judged as CB.
+    Lists of modules (one per training seed, ``model[k]`` paired with ``baseline[k]``, named NAME_sK) give the
+    report's table across training seeds and its verdicts, which one pair cannot.
 
     suite: a suite name or a suite file (its dataset and tasks; default "robustness"). tasks: override them,
     as names or {"pgd": {"eps": "2/255"}}. dataset: override the suite's. preprocessing: {"mean", "std",
@@ -195,21 +198,34 @@ def evaluate(model: nn.Module, baseline: nn.Module | None = None, *, suite: str 
     tasks = tuple(tasks or base.tasks)
     for i, entry in enumerate(tasks):  # bad task names or parameters: one clear error before any work
         task_from_entry(entry, f"tasks[{i}]")
-    if baseline is not None and name == baseline_name:
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    baselines = [] if baseline is None else list(baseline) if isinstance(baseline, (list, tuple)) else [baseline]
+    if not models or (baselines and len(baselines) != len(models)):
+        raise ValueError(f"{len(models)} model(s) and {len(baselines)} baseline(s): give one baseline per model "
+                         "(model[k] is paired with baseline[k], one pair per training seed)")
+    if baselines and name == baseline_name:
         raise ValueError(f"name and baseline_name are both {name!r}; give them different names")
+    seeds = range(len(models))
+    names = [f"{name}_s{k}" for k in seeds] if len(models) > 1 else [name]
+    base_names = [f"{baseline_name}_s{k}" for k in seeds] if len(models) > 1 else [baseline_name]
     torch_device = pick_device(device)
-    if cb is None:
-        from cbbench.cb import has_context_broadcasting
+    prebuilt = {}
+    for k, (module, own) in enumerate(zip(models, names)):
+        is_cb = cb
+        if is_cb is None:
+            from cbbench.cb import has_context_broadcasting
 
-        cb = has_context_broadcasting(model)
-    prebuilt = {name: prepare(model, name, dataset, preprocessing, cb=bool(cb),
-                              baseline=baseline_name if baseline is not None else None, device=torch_device)}
-    if baseline is not None:
-        prebuilt[baseline_name] = prepare(baseline, baseline_name, dataset, preprocessing, device=torch_device)
-        a, b = prebuilt[name], prebuilt[baseline_name]
-        if a.weights_digest == b.weights_digest and a.spec.identity() == b.spec.identity():
-            raise ValueError(f"{name} and {baseline_name} are the same network with the same weights: they would share "
-                             "every cell; pass a baseline with its own weights")
+            is_cb = has_context_broadcasting(module)
+        prebuilt[own] = prepare(module, own, dataset, preprocessing, cb=bool(is_cb),
+                                baseline=base_names[k] if baselines else None, device=torch_device, seed=k)
+    for k, (module, own) in enumerate(zip(baselines, base_names)):
+        prebuilt[own] = prepare(module, own, dataset, preprocessing, device=torch_device, seed=k)
+    seen: dict[tuple, str] = {}
+    for own, m in prebuilt.items():  # one module twice would share every cell with itself
+        first = seen.setdefault((m.weights_digest, m.spec.cb, m.spec.arch), own)
+        if first != own:
+            raise ValueError(f"{first} and {own} are the same network with the same weights: they would share every "
+                             "cell; give each its own weights")
     try:
         data = load_dataset(dataset, resolve_data_root(data_root))
     except DatasetMissingError:
@@ -217,7 +233,7 @@ def evaluate(model: nn.Module, baseline: nn.Module | None = None, *, suite: str 
     if data is not None:
         for m in prebuilt.values():
             check_classes(m, data, torch_device)
-    order = [baseline_name, name] if baseline is not None else [name]
+    order = [x for k in seeds for x in ([base_names[k]] if baselines else []) + [names[k]]]
     run_suite = Suite(report_name or f"{base.name}_{name}", f"cbbench.evaluate of {name}", dataset, tuple(order),
                       tasks)
     config = RunConfig(suite=run_suite, data_root=str(data_root) if data_root else None,

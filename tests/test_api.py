@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -71,6 +72,18 @@ def test_a_change_other_than_cb_is_compared_but_not_judged_as_cb(tmp_path):
                          cb=False)
     # a CB module and its plain twin are a CB pair: the claims are judged (one seed pair: no verdict)
     assert json.loads(cb.report_path.with_suffix(".json").read_text())["verdicts"]
+
+
+def test_one_module_per_training_seed_gives_the_table_across_seeds_and_verdicts(tmp_path):
+    cbs, bases = [tiny_vit(cb=True, seed=k) for k in range(3)], [tiny_vit(seed=k) for k in range(3)]
+    result = cbbench.evaluate(cbs, bases, tasks=["clean"], limit=16, results=tmp_path, device="cpu")
+    assert list(result.table.index)[:3] == ["baseline_s0", "model_s0", "Δ model_s0 − baseline_s0"]
+    report = result.report_path.read_text()
+    assert re.search(r"\| model_s0 ×3 seeds \(CB\) +\| 0, 1, 2 ", report)
+    verdicts = json.loads(result.report_path.with_suffix(".json").read_text())["verdicts"]
+    assert any(v["claim"].startswith("CB improves clean accuracy") for v in verdicts)
+    with pytest.raises(ValueError, match="3 model.s. and 2 baseline.s.: give one baseline per model"):
+        cbbench.evaluate(cbs, bases[:2], tasks=["clean"], limit=4, results=tmp_path, device="cpu")
 
 
 def test_one_model_twice_is_refused_before_any_work(tmp_path, capsys):
