@@ -231,6 +231,14 @@ def read_suite_file(path: str | Path) -> Suite:
             others = ", ".join(n for n in names if n != m.name) or "it is the only one"
             raise SuiteFileError(f"{where}: models[{i}]: baseline {m.baseline!r} must name another model of this "
                                  f"suite ({others})")
+    baseline_of = {m.name: m.baseline for m in models if not isinstance(m, str) and m.baseline}
+    for start in baseline_of:  # a -> b -> a: each would be compared with the other, Δ and -Δ
+        chain = [start]
+        while chain[-1] in baseline_of and baseline_of[chain[-1]] not in chain:
+            chain.append(baseline_of[chain[-1]])
+        if baseline_of.get(chain[-1]) in chain:
+            raise SuiteFileError(f"{where}: models: the baselines go round in a circle "
+                                 f"({' -> '.join([*chain, baseline_of[chain[-1]]])}); a baseline names no baseline")
     tasks = [task_from_entry(t, f"{where}: tasks[{i}]") for i, t in enumerate(data["tasks"])]
     seen = [t.name for t in tasks]
     if len(set(seen)) != len(seen):

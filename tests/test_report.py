@@ -44,7 +44,8 @@ def fixed_store(path, models=None, details=False) -> Store:
         put(store, run_id, pos, model, "clean", {"accuracy": correct.mean(), "nonfinite": 0.0},
             {"correct": correct, "confidence": rng.uniform(0.5, 1, 8)})
         pos += 1
-        entropy = np.full((8, 2, 2), 0.8 if "cb" not in model else 0.7, np.float32)
+        # CB lowers entropy by 0.100 (seed 0) and 0.101 (seed 1): identical differences would be degenerate
+        entropy = np.full((8, 2, 2), 0.8 if "cb" not in model else 0.7 - 0.001 * model.endswith("_s1"), np.float32)
         put(store, run_id, pos, model, "attention_entropy",
             {"mean_entropy": float(entropy.mean()), "mean_cosine_to_uniform": 0.5, "mean_cls_attention": 0.1,
              "entropy/layer0": 0.8, "entropy/layer1": float(entropy.mean())},
@@ -186,7 +187,21 @@ def test_verdicts_come_first_and_across_seeds(tmp_path):
     assert clean.values == pytest.approx([0.25, 0.125]) and clean.verdict == "insufficient evidence"
     assert clean.low == pytest.approx(0.1875 - 12.7062 * 0.0883883 / 2 ** 0.5, abs=1e-4)
     entropy = next(j for j in judged if "entropy" in j.claim)
-    assert entropy.values == pytest.approx([-0.1, -0.1]) and entropy.verdict == "supported"
+    assert entropy.values == pytest.approx([-0.1, -0.101], abs=1e-6) and entropy.verdict == "supported"
+
+
+def test_identical_per_seed_differences_give_no_verdict():
+    """The finding: three seed pairs each one image apart on 16 images (+6.2 pp each) gave a zero-width
+    interval, p = 0 and "supported"."""
+    from cbbench.report.claims import judge_claims
+    from cbbench.store import Cell
+
+    names = [f"demo_vit{a}{s}" for a in ("", "_cb") for s in ("", "_s1", "_s2")]
+    specs = {m: MODELS.get(m).to_dict() for m in names}
+    cells = {(m, "clean"): Cell(m, m, specs[m], "clean", 1, {}, "digits", None, 0, "ok", None,
+                                {"accuracy": 0.5 + 0.0625 * ("_cb" in m)}, {}, None, 0.0) for m in names}
+    (clean,) = judge_claims(cells, specs)
+    assert clean.verdict == "insufficient evidence" and "per-seed differences are identical" in clean.why
 
 
 def test_the_size_comparison_compares_sizes_not_cb_variants():
@@ -266,3 +281,34 @@ def test_a_cb_model_paired_with_another_network_is_not_judged_as_cb():
     cells = {(m, "clean"): Cell(m, m, specs[m], "clean", 1, {}, "digits", None, 0, "ok", None,
                                 {"accuracy": 0.5 + 0.1 * (m == "big_cb")}, {}, None, 0.0) for m in specs}
     assert judge_claims(cells, specs) == []
+
+
+def test_an_arm_is_only_compared_across_seeds_with_one_other_arm():
+    """The findings: an arm whose seeds named a baseline and a CB model as baselines (cbok − base, cbcb − cbok)
+    and a cycle (a − b, b − a: 0 by construction) were averaged as "Δ − baseline across seeds"."""
+    from cbbench.report.arms import arm_baselines, seed_groups
+    from cbbench.report.claims import judge_claims
+    from cbbench.store import Cell
+
+    cb = MODELS.get("demo_vit_cb").to_dict()
+    specs = {"base": {**MODELS.get("demo_vit").to_dict(), "name": "base"},
+             "cbok": {**cb, "name": "cbok", "baseline": "base"},
+             "cbcb": {**cb, "name": "cbcb", "seed": 3, "baseline": "cbok"}}
+    groups = seed_groups(list(specs), specs)
+    assert ["cbok", "cbcb"] in groups.values() and arm_baselines(["cbok", "cbcb"], specs, groups) is None
+    cycle = {"a": {**specs["base"], "name": "a", "baseline": "b"}, "b": {**specs["base"], "name": "b", "seed": 1,
+                                                                          "baseline": "a"}}
+    assert arm_baselines(["a", "b"], cycle, seed_groups(list(cycle), cycle)) is None
+    cells = {(m, "clean"): Cell(m, m, specs[m], "clean", 1, {}, "digits", None, 0, "ok", None,
+                                {"accuracy": 0.5 + 0.1 * i}, {}, None, 0.0) for i, m in enumerate(specs)}
+    assert judge_claims(cells, specs) == []
+
+
+def test_untrained_or_differently_trained_twins_make_no_cb_claim():
+    from cbbench.report.pairing import is_cb_pair
+
+    base, cb = MODELS.get("demo_vit").to_dict(), MODELS.get("demo_vit_cb").to_dict()
+    assert is_cb_pair(cb, base)
+    assert not is_cb_pair({**cb, "weights": "random"}, {**base, "weights": "random"})  # smoke-test networks
+    assert not is_cb_pair(cb, {**base, "weights": "random", "recipe": None})  # trained against untrained
+    assert not is_cb_pair({**cb, "seed": 1}, base)  # another initialization is more than CB

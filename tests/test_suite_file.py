@@ -180,6 +180,9 @@ def test_a_network_change_from_a_suite_file_is_built_and_paired(tmp_path, capsys
      "name 'demo_vit' is a zoo model's; give your model its own name"),
     ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, seed: a}]\ntasks: [clean]\n",
      "seed must be a whole number, not 'a'"),
+    ("dataset: digits\nmodels: [{name: a, like: demo_vit, weights: random, baseline: b},\n"
+     "  {name: b, like: demo_vit, weights: random, seed: 1, baseline: a}]\ntasks: [clean]\n",
+     "the baselines go round in a circle (a -> b -> a)"),
     ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, baseline: x}]\ntasks: [clean]\n",
      "baseline 'x' must name another model of this suite (it is the only one)"),
     ("dataset: digits\nmodels: [{name: x, like: demo_vit, weights: random, arch_kwargs: [1]}]\ntasks: [clean]\n",

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from cbbench.report.arms import arm_baselines, seed_groups
 from cbbench.report.broken import broken_models
-from cbbench.report.pairing import is_cb_pair, pair_of
+from cbbench.report.pairing import is_cb_pair
 
 SUPPORTED, CONTRADICTED, INSUFFICIENT, NO_VERDICT = "supported", "contradicted", "insufficient evidence", "no verdict"
 #: The family-wise error rate the verdicts of one run keep (Holm's step-down correction).
@@ -195,18 +196,19 @@ def _finite(values) -> bool:
 
 def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
     """Every claim this run measured, per model size, judged from its per-seed paired differences."""
-    sizes: dict[str, list[tuple[str, str]]] = {}  # model size and CB variant -> [(cb model, its baseline)]
+    # The CB arms, each seed with its baseline's same seed: the pairs the table across seeds shows. The claims are
+    # CB's: an arm that differs from its baseline by more than CB (another change, network, recipe, untrained
+    # weights) only gets paired differences.
+    groups = seed_groups(list(specs), specs)
+    arms = []
+    for members in groups.values():
+        bases = arm_baselines(members, specs, groups)
+        if bases is not None and all(is_cb_pair(specs[m], specs[b]) for m, b in zip(members, bases)):
+            arms.append(list(zip(members, bases)))
     broken_in = broken_models(cells)
-    for m, spec in specs.items():
-        base = pair_of(spec, specs)
-        # the claims are CB's: a pair that differs by more than CB (another change, another network) only gets
-        # paired differences
-        if base is not None and is_cb_pair(spec, specs[base]):
-            key = {k: spec.get(k) for k in ("arch", "arch_kwargs", *CB_VARIANT_FIELDS)}
-            sizes.setdefault(json.dumps(key, sort_keys=True, default=list), []).append((m, base))
     tasks = {t for _, t in cells}
     judged, gains = [], {}
-    for pairs in sizes.values():
+    for pairs in arms:
         size = size_label(specs[pairs[0][0]])
         for claim in CLAIMS:
             task = next((t for t in claim.tasks if t in tasks), None)
@@ -228,6 +230,12 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
             mean, std, low, high = t_interval(deltas)
             if task == "clean" and not any(specs[pairs[0][0]].get(f) is not None for f in CB_VARIANT_FIELDS):
                 gains[size] = deltas  # model sizes with the paper's CB; a variant of one size is not a size
+            if len(deltas) > 1 and std <= 1e-12 * max(1.0, abs(mean)):  # a zero-width interval, p = 0: degenerate
+                judged.append(Judged(claim.text, size, label, deltas, claim.percent, INSUFFICIENT,
+                                     f"the {len(deltas)} per-seed differences are identical: an interval of zero "
+                                     "width says the metric is too coarse here (few test images), not that "
+                                     "training randomness is absent", mean=mean, std=std, low=low, high=high))
+                continue
             judged.append(Judged(claim.text, size, label, deltas, claim.percent, *judge(low, high, claim.sign),
                                  mean=mean, std=std, low=low, high=high, p=p_value(deltas)))
         judged += _cost_claims(cells, pairs, size)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from cbbench.metrics import cell_nonfinite, mcnemar_exact, paired_bootstrap_ci, seed_summary
 from cbbench.report.pairing import is_cb_pair, pair_of
+from cbbench.report.arms import arm_baselines, seed_groups
 from cbbench.report.broken import broken_models, withheld_note
 from cbbench.report.files import write_atomic, write_text
 from cbbench.report.table import Table
@@ -140,35 +141,12 @@ def paired_rows(cells: dict[tuple[str, str], Cell], models: list[str], specs: di
     return rows
 
 
-def seed_group(spec: dict) -> str:
-    """Models that differ only in their training seed form one group (one arm of an experiment). Whether a model
-    is compared with a baseline is part of its arm: two modules of one class given to cbbench.evaluate (a change
-    and its baseline: their weights, not their specs, differ) are two arms, not two seeds of one."""
-    arm = {k: v for k, v in spec.items() if k not in ("name", "description", "baseline", "seed")}
-    return json.dumps({**arm, "compared": spec.get("baseline") is not None}, sort_keys=True, default=list)
-
-
-def _seed_groups(models: list[str], specs: dict) -> dict[str, list[str]]:
-    """Seed groups; members that share a seed are not seeds of one arm, so such a group is split up."""
-    groups: dict[str, list[str]] = {}
-    for m in models:
-        groups.setdefault(seed_group(specs[m]), []).append(m)
-    out: dict[str, list[str]] = {}
-    for key, members in groups.items():
-        seeds = [specs[m].get("seed") for m in members]
-        if len(set(seeds)) == len(seeds):
-            out[key] = members
-        else:
-            out.update({f"{key}#{m}": [m] for m in members})
-    return out
-
-
 def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], paired: list[dict]) -> list[dict]:
     """The headline table of a suite with training seeds: mean ± std of each arm across its seeds, and for
     each CB arm the mean of its per-seed paired Δ with a 95% t-interval across seeds."""
     from cbbench.report.claims import t_interval
 
-    groups = _seed_groups(models, specs)
+    groups = seed_groups(models, specs)
     broken = broken_models(cells)
     delta_by = {(r["comparison"], r["task"]): r["_delta"] for r in paired}
     rows = []
@@ -184,8 +162,8 @@ def seed_rows(cells, models: list[str], specs: dict, columns: list[Column], pair
             row[col.header] = (f"{bad} seed(s) non-finite" if bad else
                                _mean_std(col, [c.metrics.get(col.key) for c in ok]))
         rows.append(row)
-        bases = [pair_of(specs[m], specs) for m in members]
-        if all(bases):
+        bases = arm_baselines(members, specs, groups)
+        if bases is not None:
             drow = {"arm": f"Δ {'CB' if cb else 'model'} − baseline [95% t-interval across seeds]",
                     "seeds": f"{len(members)} pairs"}
             withheld = withheld_note([*members, *bases], broken)
@@ -309,7 +287,7 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
     dataset = next(iter(cells.values())).dataset
     from cbbench.report.claims import judge_claims, table_rows
 
-    seeded = any(len(g) > 1 for g in _seed_groups(ordered, specs).values())
+    seeded = any(len(g) > 1 for g in seed_groups(ordered, specs).values())
     judged = judge_claims(cells, specs)
     lines = [f"# cbbench leaderboard: suite `{suite}`", "",
              f"Dataset: `{dataset}` · run {run_id} · limit: {config.get('limit') or 'all images'} · "

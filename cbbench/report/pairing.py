@@ -15,8 +15,13 @@ def pair_of(spec: dict, specs: dict[str, dict]) -> str | None:
     return same[0] if len(same) == 1 else None
 
 
+# What a CB twin shares with its baseline: the network, its training (recipe, data, seed) and its input.
+SAME_IN_A_CB_PAIR = ("arch", "arch_kwargs", "recipe", "dataset", "seed", "mean", "std")
+
+
 def is_cb_pair(spec: dict, base: dict) -> bool:
-    """Whether a model and the baseline it is compared with differ by CB alone (the same network, the baseline
-    without CB): only then is their difference a CB effect the claims may judge."""
-    return bool(spec.get("cb")) and not base.get("cb") and all(
-        spec.get(k) == base.get(k) for k in ("arch", "arch_kwargs"))
+    """Whether a model and the baseline it is compared with differ by CB alone (the same network, training and
+    seed, the baseline without CB; neither an untrained smoke-test network): only then is their difference a CB
+    effect the claims may judge."""
+    return (bool(spec.get("cb")) and not base.get("cb") and "random" not in (spec.get("weights"), base.get("weights"))
+            and all(spec.get(k) == base.get(k) for k in SAME_IN_A_CB_PAIR))
