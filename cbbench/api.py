@@ -200,6 +200,12 @@ def evaluate(model: nn.Module | Sequence[nn.Module], baseline: nn.Module | Seque
         task_from_entry(entry, f"tasks[{i}]")
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     baselines = [] if baseline is None else list(baseline) if isinstance(baseline, (list, tuple)) else [baseline]
+    for what, given in (("model", models), ("baseline", baselines)):
+        for k, m in enumerate(given):
+            if not isinstance(m, nn.Module):
+                at = f"{what}[{k}]" if len(given) > 1 else what
+                raise TypeError(f"{at} must be a torch.nn.Module, not {type(m).__name__} (a zoo name: "
+                                "cbbench.load_model(name))")
     if not models or (baselines and len(baselines) != len(models)):
         raise ValueError(f"{len(models)} model(s) and {len(baselines)} baseline(s): give one baseline per model "
                          "(model[k] is paired with baseline[k], one pair per training seed)")
@@ -209,14 +215,17 @@ def evaluate(model: nn.Module | Sequence[nn.Module], baseline: nn.Module | Seque
     names = [f"{name}_s{k}" for k in seeds] if len(models) > 1 else [name]
     base_names = [f"{baseline_name}_s{k}" for k in seeds] if len(models) > 1 else [baseline_name]
     torch_device = pick_device(device)
+    if cb is None:
+        from cbbench.cb import has_context_broadcasting
+
+        found = {has_context_broadcasting(m) for m in models}
+        if len(found) > 1:  # the seeds of one arm are one change
+            raise ValueError("some of the models have cbbench's CB layers and some do not: the modules of one arm "
+                             "are the same change, one per training seed")
+        cb = found.pop()
     prebuilt = {}
     for k, (module, own) in enumerate(zip(models, names)):
-        is_cb = cb
-        if is_cb is None:
-            from cbbench.cb import has_context_broadcasting
-
-            is_cb = has_context_broadcasting(module)
-        prebuilt[own] = prepare(module, own, dataset, preprocessing, cb=bool(is_cb),
+        prebuilt[own] = prepare(module, own, dataset, preprocessing, cb=bool(cb),
                                 baseline=base_names[k] if baselines else None, device=torch_device, seed=k)
     for k, (module, own) in enumerate(zip(baselines, base_names)):
         prebuilt[own] = prepare(module, own, dataset, preprocessing, device=torch_device, seed=k)

@@ -86,6 +86,18 @@ def test_one_module_per_training_seed_gives_the_table_across_seeds_and_verdicts(
         cbbench.evaluate(cbs, bases[:2], tasks=["clean"], limit=4, results=tmp_path, device="cpu")
 
 
+def test_what_is_not_one_arm_of_modules_is_refused_naming_it(tmp_path):
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, not str .a zoo name: cbbench.load_model"):
+        cbbench.evaluate("demo_vit", tiny_vit(), tasks=["clean"], limit=4, results=tmp_path, device="cpu")
+    with pytest.raises(TypeError, match=r"baseline\[1\] must be a torch.nn.Module, not NoneType"):
+        cbbench.evaluate([tiny_vit(seed=1), tiny_vit(seed=2)], [tiny_vit(seed=3), None], tasks=["clean"], limit=4,
+                         results=tmp_path, device="cpu")
+    with pytest.raises(ValueError, match="some of the models have cbbench's CB layers and some do not"):
+        cbbench.evaluate([tiny_vit(cb=True, seed=1), tiny_vit(seed=2)], [tiny_vit(seed=3), tiny_vit(seed=4)],
+                         tasks=["clean"], limit=4, results=tmp_path, device="cpu")
+    assert not (tmp_path / "cbbench.sqlite").exists()
+
+
 def test_one_model_twice_is_refused_before_any_work(tmp_path, capsys):
     from tests.conftest import run_cli
 

@@ -143,6 +143,9 @@ def test_a_network_change_from_a_suite_file_is_built_and_paired(tmp_path, capsys
     path.write_text(path.read_text().replace("init_values", "init_valuez"))
     code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"), "--limit", "8")
     assert code == 2 and "unexpected keyword argument 'init_valuez'; fix its arch_kwargs" in err
+    path.write_text(path.read_text().replace("init_valuez: 0.1", "embed_dim: -64"))
+    code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"), "--limit", "8")
+    assert code == 2 and "negative dimension" in err and "fix its arch_kwargs" in err
 
 
 @pytest.mark.parametrize("text, message", [

@@ -40,11 +40,10 @@ def build_network(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
         torch.manual_seed(spec.seed)
         try:
             net = timm.create_model(spec.arch, pretrained=pretrained, **dict(spec.arch_kwargs))
-        except RuntimeError as exc:
+        except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
             if "Unknown model" in str(exc):
                 raise ValueError(f"model {spec.name}: timm has no architecture {spec.arch!r}") from exc
-            raise
-        except TypeError as exc:  # e.g. a suite file's arch_kwargs naming an argument timm does not take
+            # e.g. a suite file's arch_kwargs naming an argument timm does not take, or a negative embed_dim
             raise ValueError(f"model {spec.name}: timm.create_model({spec.arch!r}, **{dict(spec.arch_kwargs)}) "
                              f"failed: {exc}; fix its arch_kwargs") from exc
     if spec.cb:
