@@ -319,8 +319,12 @@ def _model_entry(entry, where: str, base: Path):
             if not isinstance(v, (str, int, float, bool, list, type(None))):
                 raise SuiteFileError(f"{where}: arch_kwargs.{k}: expected a number, string, true/false or list, "
                                      f"not {v!r}")
-        merged = {**dict(like.arch_kwargs), **{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()}}
+        # another architecture keeps only the head's size of like's arguments (depth, dims... are like's network's)
+        inherited = {k: v for k, v in like.arch_kwargs if "arch" not in entry or k == "num_classes"}
+        merged = {**inherited, **{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()}}
         changes["arch_kwargs"] = tuple(sorted(merged.items()))
+    elif "arch" in entry:
+        changes["arch_kwargs"] = tuple((k, v) for k, v in like.arch_kwargs if k == "num_classes")
     if "arch" in entry or "arch_kwargs" in entry:
         changed = ", ".join(f"{k}={v}" for k, v in (entry.get("arch_kwargs") or {}).items())
         changes["description"] = (f"{changes.get('arch', like.arch)}{f' ({changed})' if changed else ''}, "

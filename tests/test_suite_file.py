@@ -128,6 +128,9 @@ def test_a_network_change_from_a_suite_file_is_built_and_paired(tmp_path, capsys
                            "baseline: base}\ntasks: [clean]\n")
     spec = read_suite_file(path).models[1]
     assert dict(spec.arch_kwargs)["init_values"] == 0.1 and dict(spec.arch_kwargs)["depth"] == 4  # like's, plus yours
+    other = read_suite_file(write(tmp_path, "dataset: digits\nmodels: [{name: r, like: demo_vit, weights: random, "
+                                            "arch: resnet18}]\ntasks: [clean]\n", "other.yaml")).models[0]
+    assert other.arch == "resnet18" and dict(other.arch_kwargs) == {"num_classes": 10}  # not the ViT's depth, dims
     trained = read_suite_file(write(tmp_path, path.read_text().replace("ls, like: demo_vit, weights: random",
                                                                        "ls, like: demo_vit, weights: train"),
                                     "trained.yaml")).models[1]
@@ -146,6 +149,10 @@ def test_a_network_change_from_a_suite_file_is_built_and_paired(tmp_path, capsys
     path.write_text(path.read_text().replace("init_valuez: 0.1", "embed_dim: -64"))
     code, _, err = run_cli(capsys, "run", "--suite", str(path), "--results", str(tmp_path / "r"), "--limit", "8")
     assert code == 2 and "negative dimension" in err and "fix its arch_kwargs" in err
+    cnn = write(tmp_path, "dataset: digits\nmodels: [{name: r, like: demo_vit, weights: random, arch: resnet18, "
+                          "cb: true}]\ntasks: [clean]\n", "cnn.yaml")
+    code, _, err = run_cli(capsys, "run", "--suite", str(cnn), "--results", str(tmp_path / "r"), "--limit", "8")
+    assert code == 2 and "model r: ResNet has no 'blocks'" in err and "unexpected" not in err
 
 
 @pytest.mark.parametrize("text, message", [

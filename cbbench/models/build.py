@@ -47,8 +47,11 @@ def build_network(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
             raise ValueError(f"model {spec.name}: timm.create_model({spec.arch!r}, **{dict(spec.arch_kwargs)}) "
                              f"failed: {exc}; fix its arch_kwargs") from exc
     if spec.cb:
-        add_context_broadcasting(net, spec.cb_layers, position=spec.cb_position, alpha=spec.cb_alpha,
-                                 scaled=spec.cb_scaled)
+        try:
+            add_context_broadcasting(net, spec.cb_layers, position=spec.cb_position, alpha=spec.cb_alpha,
+                                     scaled=spec.cb_scaled)
+        except TypeError as exc:  # e.g. cb: true on a CNN from a suite file
+            raise ValueError(f"model {spec.name}: {exc}") from exc
     return net
 
 
