@@ -86,6 +86,11 @@ def test_one_module_per_training_seed_gives_the_table_across_seeds_and_verdicts(
         cbbench.evaluate(cbs, bases[:2], tasks=["clean"], limit=4, results=tmp_path, device="cpu")
 
 
+def test_a_cb_model_without_a_baseline_says_so(tmp_path):
+    result = cbbench.evaluate(tiny_vit(cb=True), tasks=["clean"], limit=4, results=tmp_path, device="cpu")
+    assert "> model: CB without a baseline in this run" in result.report_path.read_text()
+
+
 def test_what_is_not_one_arm_of_modules_is_refused_naming_it(tmp_path):
     with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, not str .a zoo name: cbbench.load_model"):
         cbbench.evaluate("demo_vit", tiny_vit(), tasks=["clean"], limit=4, results=tmp_path, device="cpu")

@@ -241,6 +241,10 @@ def render_suite(store: Store, suite: str, plot_dir: Path | None = None,
     tasks = list(dict.fromkeys(t for _, t in cells))
     specs = {m: next(c.model_spec for (mm, _), c in cells.items() if mm == m) for m in models}
     columns = [_column(t) for t in tasks]
+    unpaired = [m for m in models if specs[m].get("cb") and pair_of(specs[m], specs) is None]
+    run_notes = [*run_notes, *([f"{', '.join(unpaired)}: CB without a baseline in this run (none, or several, of "
+                                "the same network without CB), so not compared; a suite file names one with "
+                                "`baseline:`"] if unpaired else [])]
 
     # Order: each baseline followed by its CB twins (and other models compared with it).
     ordered = []

@@ -397,8 +397,9 @@ def _verdict(row: dict) -> str:
     return _GOOD if (low > 0) == better else _BAD
 
 
-def plot_deltas(paired: list[dict], path) -> Path | None:
-    """Forest plot of CB − baseline with 95% CIs, percent metrics (pp) and raw ones in separate panels."""
+def plot_deltas(paired: list[dict], path, side: str = "CB") -> Path | None:
+    """Forest plot of ``side`` (CB, or "model" for other changes) − baseline with 95% CIs, percent metrics (pp)
+    and raw ones in separate panels."""
     rows = [r for r in paired or [] if all(k in r for k in ("_delta", "_low", "_high"))
             and all(math.isfinite(float(r[k])) for k in ("_delta", "_low", "_high"))]
     if not rows:
@@ -438,11 +439,11 @@ def plot_deltas(paired: list[dict], path) -> Path | None:
         ax.set_xlim(min(lo_all, 0) - 0.08 * span, max(hi_all, 0) + 0.08 * span)
         ax.grid(True, axis="x", alpha=0.3)
         if percent:
-            ax.set_xlabel("Δ, CB − baseline (percentage points)")
+            ax.set_xlabel(f"Δ, {side} − baseline (percentage points)")
         elif all("entropy" in f"{r.get('task', '')} {r.get('metric', '')}".lower() for r in rs):
-            ax.set_xlabel("Δ normalized attention entropy H/log N (unitless, 0-1 scale), CB − baseline")
+            ax.set_xlabel(f"Δ normalized attention entropy H/log N (unitless, 0-1 scale), {side} − baseline")
         else:
-            ax.set_xlabel("Δ in each metric's own units (not %), CB − baseline")
+            ax.set_xlabel(f"Δ in each metric's own units (not %), {side} − baseline")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=c, marker="o", linewidth=2.2, label=lab) for c, lab in
@@ -465,10 +466,12 @@ def make_plots(cells, paired: list[dict], out_dir, prefix: str) -> list[tuple[st
     attack = [c for c in cells if c.status == "ok" and _is_attack(c)]
     has_sweep = any(_sweep(c) for c in attack)
     sweep_only = has_sweep and all(_sweep(c) for c in attack)
+    specs = {c.model: c.model_spec or {} for c in cells}
+    side = "CB" if all(specs.get(r["comparison"].split(" − ")[0], {}).get("cb") for r in paired or []) else "model"
     jobs = [
         ("corruptions", lambda p: plot_corruption_severity(cells, p),
          "Top-1 accuracy (%) under each ImageNet-C corruption against severity 1-5, one panel per family, "
-         "baselines solid and CB models dashed."),
+         f"baselines solid and {'CB' if side == 'CB' else 'compared'} models dashed."),
         ("adversarial", lambda p: plot_adversarial(cells, p),
          "Robust accuracy (%) of each model against epsilon under white-box L∞ attacks, from clean accuracy "
          "at ε = 0." if sweep_only else
@@ -476,8 +479,8 @@ def make_plots(cells, paired: list[dict], out_dir, prefix: str) -> list[tuple[st
          "same images marked" + (" and epsilon sweeps drawn against ε." if has_sweep else ".")),
         ("attention", lambda p: plot_attention_entropy(cells, p),
          "Normalized attention entropy H/log N per transformer layer for each model (1 = uniform attention)."),
-        ("deltas", lambda p: plot_deltas(paired, p),
-         "Paired CB − baseline differences with 95% bootstrap intervals (green: better, red: worse, "
+        ("deltas", lambda p: plot_deltas(paired, p, side),
+         f"Paired {side} − baseline differences with 95% bootstrap intervals (green: better, red: worse, "
          "grey: inconclusive)."),
     ]
     made = []
