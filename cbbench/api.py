@@ -92,12 +92,12 @@ def prepare(module: nn.Module, name: str, dataset: str, preprocessing: dict | No
                              f"preprocessing {given} would normalize it twice: leave them out, or pass its .net")
         inside = {"mean": module.mean.flatten().tolist(), "std": module.std.flatten().tolist()}
         preprocessing, module = {**(preprocessing or {}), **inside}, module.net
-    mean, std, size = _preprocessing(preprocessing, dataset)
-    cls = type(module)
-    model = InMemoryModel(module, mean, std, size).eval().to(device)
     if has_context_broadcasting(module) and not cb:  # CB layers have no weights: the spec's cb tells the twins apart
         raise ValueError(f"model {name} has cbbench's CB layers; it is the CB side of its pair (leave cb out, or "
                          "pass the network without them)")
+    mean, std, size = _preprocessing(preprocessing, dataset)
+    cls = type(module)
+    model = InMemoryModel(module, mean, std, size).eval().to(device)
     model.spec = ModelSpec(name=name, arch=f"python:{cls.__module__}.{cls.__qualname__}",
                            arch_kwargs=(("input_size", size),) if size else (), cb=cb, baseline=baseline,
                            weights="memory", dataset=dataset, mean=mean, std=std, seed=seed,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass

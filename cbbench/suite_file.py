@@ -234,11 +234,11 @@ def read_suite_file(path: str | Path) -> Suite:
     baseline_of = {m.name: m.baseline for m in models if not isinstance(m, str) and m.baseline}
     for start in baseline_of:  # a -> b -> a: each would be compared with the other, Δ and -Δ
         chain = [start]
-        while chain[-1] in baseline_of and baseline_of[chain[-1]] not in chain:
-            chain.append(baseline_of[chain[-1]])
-        if baseline_of.get(chain[-1]) in chain:
+        while (after := baseline_of.get(chain[-1])) is not None and after not in chain:
+            chain.append(after)
+        if after is not None:
             raise SuiteFileError(f"{where}: models: the baselines go round in a circle "
-                                 f"({' -> '.join([*chain, baseline_of[chain[-1]]])}); a baseline names no baseline")
+                                 f"({' -> '.join([*chain, after])}); a baseline names no baseline")
     tasks = [task_from_entry(t, f"{where}: tasks[{i}]") for i, t in enumerate(data["tasks"])]
     seen = [t.name for t in tasks]
     if len(set(seen)) != len(seen):
@@ -310,8 +310,8 @@ def _model_entry(entry, where: str, base: Path):
         if not isinstance(entry["arch"], str) or not entry["arch"]:
             raise SuiteFileError(f"{where}: arch must be a timm architecture name, not {entry['arch']!r}")
         changes["arch"] = entry["arch"]
-    if "arch_kwargs" in entry:  # your change to the network, e.g. {init_values: 0.1} (timm's layer scale)
-        extra = entry["arch_kwargs"]
+    if "arch" in entry or "arch_kwargs" in entry:  # your change to the network, e.g. {init_values: 0.1}
+        extra = entry.get("arch_kwargs", {})
         if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
             raise SuiteFileError(f"{where}: arch_kwargs must be a mapping of timm.create_model keyword arguments, "
                                  f"e.g. {{init_values: 0.1}}, not {extra!r}")
@@ -323,10 +323,7 @@ def _model_entry(entry, where: str, base: Path):
         inherited = {k: v for k, v in like.arch_kwargs if "arch" not in entry or k == "num_classes"}
         merged = {**inherited, **{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()}}
         changes["arch_kwargs"] = tuple(sorted(merged.items()))
-    elif "arch" in entry:
-        changes["arch_kwargs"] = tuple((k, v) for k, v in like.arch_kwargs if k == "num_classes")
-    if "arch" in entry or "arch_kwargs" in entry:
-        changed = ", ".join(f"{k}={v}" for k, v in (entry.get("arch_kwargs") or {}).items())
+        changed = ", ".join(f"{k}={v}" for k, v in extra.items())
         changes["description"] = (f"{changes.get('arch', like.arch)}{f' ({changed})' if changed else ''}, "
                                   f"otherwise like {like.name}, from a suite file")
     for key, kind in (("cb", bool), ("seed", int), ("baseline", str)):

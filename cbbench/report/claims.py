@@ -94,13 +94,19 @@ def t_interval(values: list[float]) -> tuple[float, float, float, float]:
     return mean, std, mean - half, mean + half
 
 
+def identical(values: list[float]) -> bool:
+    """Two or more per-seed differences equal up to rounding: a t-interval of zero width, one point, not a spread."""
+    v = np.asarray(values, float)
+    return len(v) > 1 and v.std(ddof=1) <= 1e-12 * max(1.0, abs(v.mean()))
+
+
 def p_value(values: list[float]) -> float:
     """Two-sided one-sample t-test of the per-seed differences against 0, the test behind ``t_interval``
     (its 95% interval excludes 0 exactly when p < 0.05); nan for one seed."""
     v = np.asarray(values, float)
     if len(v) < 2:
         return math.nan
-    if v.std(ddof=1) <= 1e-12 * max(1.0, abs(v.mean())):  # identical differences (up to rounding): one point
+    if identical(v):
         return 0.0 if v.mean() != 0 else 1.0
     return float(stats.ttest_1samp(v, 0.0).pvalue)
 
@@ -230,7 +236,7 @@ def judge_claims(cells: dict, specs: dict[str, dict]) -> list[Judged]:
             mean, std, low, high = t_interval(deltas)
             if task == "clean" and not any(specs[pairs[0][0]].get(f) is not None for f in CB_VARIANT_FIELDS):
                 gains[size] = deltas  # model sizes with the paper's CB; a variant of one size is not a size
-            if len(deltas) > 1 and std <= 1e-12 * max(1.0, abs(mean)):  # a zero-width interval, p = 0: degenerate
+            if identical(deltas):  # a zero-width interval and p = 0: degenerate, no evidence about training
                 judged.append(Judged(claim.text, size, label, deltas, claim.percent, INSUFFICIENT,
                                      f"the {len(deltas)} per-seed differences are identical: an interval of zero "
                                      "width says the metric is too coarse here (few test images), not that "

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from cbbench.metrics import cell_nonfinite, mcnemar_exact, paired_bootstrap_ci, seed_summary
-from cbbench.report.pairing import is_cb_pair, pair_of
 from cbbench.report.arms import arm_baselines, seed_groups
 from cbbench.report.broken import broken_models, withheld_note
 from cbbench.report.files import write_atomic, write_text
+from cbbench.report.pairing import is_cb_pair, pair_of
 from cbbench.report.table import Table
 from cbbench.store import Cell, Store, shown_run
 from cbbench.tasks import TASKS
